@@ -1,0 +1,12 @@
+"""hf_segmodels: Segmenter, SETR, SegFormer and MaskFormer as Hugging Face Transformers models.
+
+Importing the package registers every configuration, model and image processor with transformers' Auto API.
+"""
+
+from .inference import infer_logits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "infer_logits",
+]

@@ -1,0 +1,38 @@
+"""Registration of our classes with transformers' Auto API."""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
+
+
+def register_architecture(
+    config_class: type[PreTrainedConfig],
+    model_class: type[PreTrainedModel],
+    image_processor_class: type,
+    *,
+    base_model_class: type[PreTrainedModel] | None = None,
+    extra_auto_classes: tuple = (),
+) -> None:
+    """Registers one architecture with `AutoConfig`, `AutoImageProcessor`, `AutoModelForSemanticSegmentation`
+    (plus `AutoModel` for `base_model_class` and every class in `extra_auto_classes`), and marks the classes with
+    `register_for_auto_class` so that `save_pretrained` writes an `auto_map` for `trust_remote_code` users.
+
+    `exist_ok=True` keeps a re-import (e.g. `importlib.reload`) harmless.
+    """
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoImageProcessor.register(config_class, image_processor_classes={"pil": image_processor_class}, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(config_class, model_class, exist_ok=True)
+    for auto_class in extra_auto_classes:
+        auto_class.register(config_class, model_class, exist_ok=True)
+    if base_model_class is not None:
+        AutoModel.register(config_class, base_model_class, exist_ok=True)
+        base_model_class.register_for_auto_class("AutoModel")
+
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModelForSemanticSegmentation")
+    image_processor_class.register_for_auto_class("AutoImageProcessor")

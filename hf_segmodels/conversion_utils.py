@@ -1,0 +1,156 @@
+"""Shared machinery of the checkpoint converters: safe loading, strict key mapping, atomic output, the CLI."""
+
+import argparse
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted: missing file, unknown or missing keys, or shapes that do not match."""
+
+
+def _require_file(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{what} not found: {str(path)!r} does not exist or is not a file.")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) -> dict:
+    """Loads a `torch.save`d checkpoint with `weights_only=True` (no arbitrary code from untrusted pickles).
+
+    `allow_unsafe_pickle=True` (the CLI's `--allow_unsafe_pickle`) falls back to full unpickling for old checkpoints
+    that hold non-tensor Python objects; only use it for files you trust.
+    """
+    path = _require_file(path, "Checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if not allow_unsafe_pickle:
+            raise ConversionError(
+                f"Could not load {str(path)!r} with torch.load(weights_only=True): {error}. If you trust this file, "
+                "pass --allow_unsafe_pickle (allow_unsafe_pickle=True) to unpickle it fully."
+            ) from error
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_python_config(path: str | os.PathLike) -> dict:
+    """Reads a flattened mmsegmentation / mmcv `.py` config (only literals and `dict(...)` calls) into a dict."""
+    path = _require_file(path, "Config file")
+    namespace: dict = {}
+    try:
+        exec(compile(path.read_text(), str(path), "exec"), {"__builtins__": {"dict": dict, "list": list, "tuple": tuple,
+                                                                          "True": True, "False": False, "None": None}},
+             namespace)
+    except Exception as error:
+        raise ConversionError(f"Could not read the config {str(path)!r}: {error}") from error
+    return namespace
+
+
+def rename_keys(
+    state_dict: dict[str, torch.Tensor],
+    rules: Iterable[tuple[str, str | Callable]],
+    drop: Iterable[str] = (),
+    source_name: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Maps every source key with the first matching `(regex, replacement)` rule (`re.fullmatch`; the replacement
+    is a template for `Match.expand` or a callable `(match, tensor) -> dict[new_key, tensor]` for keys that split
+    or change layout). Keys fully matching a `drop` regex are discarded on purpose.
+
+    Raises `ConversionError` listing every key that neither a rule nor a drop pattern accounts for.
+    """
+    rules = [(re.compile(pattern), target) for pattern, target in rules]
+    drop = [re.compile(pattern) for pattern in drop]
+    converted: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, tensor in state_dict.items():
+        if any(pattern.fullmatch(key) for pattern in drop):
+            continue
+        for pattern, target in rules:
+            match = pattern.fullmatch(key)
+            if match is None:
+                continue
+            if callable(target):
+                converted.update(target(match, tensor))
+            else:
+                converted[match.expand(target)] = tensor
+            break
+        else:
+            unmapped.append(key)
+    if unmapped:
+        raise ConversionError(
+            f"{len(unmapped)} key(s) of the {source_name} are not known to this converter (wrong --source or "
+            f"--config, or a different architecture?): {sorted(unmapped)}"
+        )
+    return converted
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Loads `state_dict` into `model`, raising `ConversionError` that lists missing keys, unexpected keys and
+    shape mismatches (source vs model shape) instead of loading partially."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in set(expected) & set(state_dict)
+        if state_dict[key].shape != expected[key].shape
+    )
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatches (does --config match the checkpoint?): {mismatched}")
+    if missing:
+        problems.append(f"keys the model needs but the checkpoint lacks: {missing}")
+    if unexpected:
+        problems.append(f"converted keys the model does not have: {unexpected}")
+    if problems:
+        raise ConversionError("Cannot load the converted weights; " + "; ".join(problems))
+    model.load_state_dict({key: tensor.to(expected[key].dtype) for key, tensor in state_dict.items()}, strict=True)
+
+
+def save_converted(output_dir: str | os.PathLike, model, image_processor, model_card: str | None = None) -> Path:
+    """Writes `config.json`, `model.safetensors`, `preprocessor_config.json` and (optionally) `README.md` into
+    `output_dir` atomically: everything is written to a temporary sibling folder first and moved into place only
+    once complete, so a failure never leaves a half-written output directory (nor destroys an existing one)."""
+    output_dir = Path(output_dir).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise ConversionError(f"Output directory {str(output_dir)!r} exists and is not empty; choose a new one.")
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        image_processor.save_pretrained(staging)
+        if model_card is not None:
+            (staging / "README.md").write_text(model_card)
+        if output_dir.exists():
+            output_dir.rmdir()
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def conversion_argument_parser(architecture: str, sources: Iterable[str]) -> argparse.ArgumentParser:
+    """The fixed conversion CLI of DESIGN.md, shared by every `conversion_scripts/convert_<arch>.py`."""
+    parser = argparse.ArgumentParser(
+        description=f"Convert a {architecture} checkpoint into an hf_segmodels (safetensors) model directory."
+    )
+    parser.add_argument("--checkpoint", required=True, help="Path to the source checkpoint (or directory).")
+    parser.add_argument("--config", default=None, help="The side file of the source format (variant.yml, .py, ...).")
+    parser.add_argument("--output_dir", required=True, help="Directory to write the converted model to (new/empty).")
+    parser.add_argument("--source", default="original", choices=list(sources), help="Format of --checkpoint.")
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Also upload the result to this repo.")
+    parser.add_argument("--model_card", action="store_true", help="Write a model card (README.md) next to the weights.")
+    parser.add_argument(
+        "--allow_unsafe_pickle",
+        action="store_true",
+        help="Fully unpickle checkpoints that torch.load(weights_only=True) rejects. Only for files you trust.",
+    )
+    return parser

@@ -1,0 +1,291 @@
+"""The image processor shared by the four architectures (PIL/NumPy backend, no torchvision) and the
+post-processing helpers that turn model outputs into semantic and panoptic maps."""
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_transforms import convert_to_rgb
+from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import TensorType
+
+# PIL modes that hold more than 8 bits per pixel; they are mapped to [0, 255] before the usual 1/255 rescale.
+_HIGH_BIT_DEPTH_PIL_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0}
+
+
+class SegmentationImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        Whether to map label 0 (background / "other" in ADE20K) to 255 (ignored) and shift every other label down by
+        one, as ADE20K needs.
+    """
+
+    do_reduce_labels: bool
+
+
+def _to_channels_last_rgb(image) -> np.ndarray | PIL.Image.Image:
+    """Brings grayscale, grayscale+alpha, RGBA and 16-bit images, as PIL images or as HWC / CHW / HW arrays, to an
+    (H, W, 3) RGB array (uint8 or float in [0, 255]); 8-bit PIL images are left to transformers' `convert_to_rgb`."""
+    if isinstance(image, PIL.Image.Image):
+        if image.mode in _HIGH_BIT_DEPTH_PIL_MODES:
+            array = np.asarray(image, dtype=np.float32) * (255.0 / _HIGH_BIT_DEPTH_PIL_MODES[image.mode])
+            return np.repeat(array[..., None], 3, axis=-1)
+        if image.mode in ("I", "F"):
+            raise ValueError(
+                f"PIL images of mode {image.mode!r} (32-bit) have no defined pixel range; convert them to 8-bit "
+                "('RGB'/'L') or 16-bit ('I;16') first."
+            )
+        return image
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise ValueError(f"An image must have 2 (H, W) or 3 (H, W, C) / (C, H, W) dimensions, got shape {image.shape}.")
+    if image.shape[-1] not in (1, 2, 3, 4) and image.shape[0] in (1, 2, 3, 4):
+        image = np.moveaxis(image, 0, -1)
+    channels = image.shape[-1]
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(
+            f"Cannot find the channel axis of an image of shape {image.shape}: expected 1 (gray), 2 (gray+alpha), "
+            "3 (RGB) or 4 (RGBA) channels first or last."
+        )
+    if image.dtype == np.uint16:
+        image = image.astype(np.float32) * (255.0 / 65535.0)
+    elif image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    if channels in (1, 2):
+        image = np.repeat(image[..., :1], 3, axis=-1)
+    elif channels == 4:
+        image = image[..., :3]
+    return image
+
+
+class SemanticSegmentationImageProcessor(PilBackend):
+    r"""Resize, rescale and normalise images (and resize + reduce their label maps) the way the original test
+    protocol of each architecture does; subclasses set the normalisation and sizes.
+
+    `size` may be `{"height", "width"}` (fixed size), `{"shortest_edge"}` or `{"shortest_edge", "longest_edge"}`,
+    the latter with mmsegmentation's `keep_ratio` rule: scale = min(longest / long side, shortest / short side),
+    new side = int(side * scale + 0.5).
+
+    Accepts PIL images of any mode (grayscale, RGBA, 16-bit) and NumPy / torch arrays in HWC, CHW or HW layout;
+    every image becomes 3-channel RGB. Segmentation maps (PIL or arrays of class ids) are resized with nearest
+    neighbour and returned as `labels` (int64, 255 = ignore).
+    """
+
+    valid_kwargs = SegmentationImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+    resample = PILImageResampling.BILINEAR
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+    size = {"shortest_edge": 512, "longest_edge": 2048}
+    default_to_square = False
+    do_resize = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    do_reduce_labels = False
+
+    def __init__(self, **kwargs: Unpack[SegmentationImageProcessorKwargs]):
+        super().__init__(**kwargs)
+
+    def preprocess(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[SegmentationImageProcessorKwargs],
+    ) -> BatchFeature:
+        """Returns a `BatchFeature` with `pixel_values` (B, 3, H, W) and, when `segmentation_maps` are given,
+        `labels` (B, H, W) int64."""
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
+        image = _to_channels_last_rgb(image)
+        if isinstance(image, np.ndarray):
+            return np.moveaxis(image, -1, 0)
+        return super().process_image(image, do_convert_rgb=True, input_data_format=input_data_format)
+
+    @staticmethod
+    def _label_map_to_array(segmentation_map) -> np.ndarray:
+        if isinstance(segmentation_map, PIL.Image.Image):
+            segmentation_map = np.array(segmentation_map)
+        elif isinstance(segmentation_map, torch.Tensor):
+            segmentation_map = segmentation_map.detach().cpu().numpy()
+        segmentation_map = np.asarray(segmentation_map)
+        if segmentation_map.ndim == 3 and 1 in (segmentation_map.shape[0], segmentation_map.shape[-1]):
+            segmentation_map = segmentation_map.squeeze(0 if segmentation_map.shape[0] == 1 else -1)
+        if segmentation_map.ndim != 2:
+            raise ValueError(
+                f"A segmentation map must be a (H, W) array of class ids, got shape {segmentation_map.shape}."
+            )
+        if segmentation_map.dtype.kind not in "iub":
+            raise ValueError(f"A segmentation map must hold integer class ids, got dtype {segmentation_map.dtype}.")
+        return segmentation_map.astype(np.int64)
+
+    def _preprocess_image_like_inputs(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None,
+        do_convert_rgb: bool,
+        input_data_format: ChannelDimension,
+        return_tensors: str | TensorType | None,
+        **kwargs,
+    ) -> BatchFeature:
+        images = self._prepare_image_like_inputs(images=images, input_data_format=input_data_format)
+        data = {"pixel_values": self._preprocess(images, do_reduce_labels=False, **kwargs)}
+        if segmentation_maps is not None:
+            if not isinstance(segmentation_maps, (list, tuple)):
+                segmentation_maps = [segmentation_maps]
+            if len(segmentation_maps) != len(images):
+                raise ValueError(
+                    f"Got {len(images)} images but {len(segmentation_maps)} segmentation maps; pass one map per image."
+                )
+            maps = [self._label_map_to_array(m)[None] for m in segmentation_maps]
+            for index, (image, label_map) in enumerate(zip(images, maps)):
+                if image.shape[-2:] != label_map.shape[-2:]:
+                    raise ValueError(
+                        f"Image {index} has size {tuple(image.shape[-2:])} but its segmentation map has size "
+                        f"{tuple(label_map.shape[-2:])}; they must match."
+                    )
+            label_kwargs = {**kwargs, "do_normalize": False, "do_rescale": False, "resample": PILImageResampling.NEAREST}
+            data["labels"] = [m[0].astype(np.int64) for m in self._preprocess(maps, **label_kwargs)]
+        if return_tensors is not None:
+            self._check_same_sizes(data["pixel_values"])
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _check_same_sizes(images: list[np.ndarray]) -> None:
+        sizes = {tuple(image.shape[-2:]) for image in images}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"The processed images have different sizes {sorted(sizes)} and cannot be stacked into one tensor. "
+                "Pass a fixed size (size={'height': H, 'width': W}), process the images one at a time, or use "
+                "return_tensors=None."
+            )
+
+    @staticmethod
+    def reduce_label(label_map: np.ndarray) -> np.ndarray:
+        """0 -> 255 (ignored), k -> k - 1, 255 stays 255."""
+        reduced = label_map.astype(np.int64) - 1
+        reduced[(label_map == 0) | (label_map == 255)] = 255
+        return reduced
+
+    def resize(self, image: np.ndarray, size: SizeDict, resample=None, **kwargs) -> np.ndarray:
+        if size.shortest_edge and size.longest_edge:
+            height, width = image.shape[-2:]
+            scale = min(size.longest_edge / max(height, width), size.shortest_edge / min(height, width))
+            size = SizeDict(height=int(height * scale + 0.5), width=int(width * scale + 0.5))
+        if image.dtype == np.int64:
+            # PIL cannot resize int64 arrays; label maps fit in int32.
+            return super().resize(image.astype(np.int32), size, resample=resample, **kwargs).astype(np.int64)
+        return super().resize(image, size, resample=resample, **kwargs)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_reduce_labels: bool,
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        **kwargs,
+    ) -> list[np.ndarray]:
+        processed = []
+        for image in images:
+            if do_reduce_labels:
+                image = self.reduce_label(image)
+            if do_resize:
+                image = self.resize(image, size, resample)
+            if do_rescale:
+                image = self.rescale(image.astype(np.float32), rescale_factor)
+            if do_normalize:
+                image = self.normalize(image.astype(np.float32), image_mean, image_std)
+            processed.append(image.astype(np.float32) if (do_rescale or do_normalize) else image)
+        return processed
+
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
+        """Argmax class maps, a list of B (H, W) int64 tensors.
+
+        Args:
+            outputs: model outputs with `logits` (B, num_labels, h, w).
+            target_sizes: optional list of B `(H, W)` sizes; the logits are resized bilinearly to each before argmax.
+        """
+        return [scores.argmax(dim=0) for scores in resized_class_scores(outputs.logits, target_sizes)]
+
+    def post_process_panoptic_segmentation(
+        self,
+        outputs,
+        threshold: float = 0.0,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse: set[int] | None = None,
+        target_sizes=None,
+    ) -> list[dict]:
+        """Panoptic-format output of a per-pixel model, derived from its semantic prediction.
+
+        A per-pixel model predicts one class per pixel and no instances, so every class present in the argmax map
+        becomes one segment (as the "stuff" classes of a panoptic model do). A segment's `score` is the mean softmax
+        probability of its class over its pixels. Every pixel belongs to a segment, so no segment is dropped:
+        `threshold`, `mask_threshold` and `overlap_mask_area_threshold` only exist for compatibility with the
+        mask-classification models (and `pipeline("image-segmentation")`) and are ignored. `was_fused` is true for
+        classes listed in `label_ids_to_fuse`.
+
+        Returns:
+            A list of B dicts: `segmentation` (H, W) int32 tensor of segment ids (1, 2, ...) and `segments_info`, a
+            list of `{"id", "label_id", "was_fused", "score"}`.
+        """
+        fuse = set(label_ids_to_fuse or ())
+        results = []
+        for scores in resized_class_scores(outputs.logits, target_sizes):
+            results.append(panoptic_from_class_scores(scores, fuse))
+        return results
+
+
+def resized_class_scores(logits: torch.Tensor, target_sizes=None) -> list[torch.Tensor]:
+    """Splits `logits` (B, C, h, w) into B (C, H, W) tensors, resized bilinearly (`align_corners=False`) to
+    `target_sizes` when given; images sharing a size are resized in one call."""
+    if target_sizes is None:
+        return list(logits)
+    if isinstance(target_sizes, torch.Tensor):
+        target_sizes = target_sizes.tolist()
+    if len(target_sizes) != len(logits):
+        raise ValueError(
+            f"Got {len(target_sizes)} target sizes for a batch of {len(logits)}; pass one (height, width) per image."
+        )
+    sizes = [tuple(int(v) for v in size) for size in target_sizes]
+    if len(set(sizes)) == 1:
+        return list(F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False))
+    return [
+        F.interpolate(item[None], size=size, mode="bilinear", align_corners=False)[0]
+        for item, size in zip(logits, sizes)
+    ]
+
+
+def panoptic_from_class_scores(scores: torch.Tensor, label_ids_to_fuse: set[int]) -> dict:
+    """One segment per class present in the argmax of `scores` (C, H, W), vectorised over classes."""
+    probabilities = scores.float().softmax(dim=0)
+    confidence, classes = probabilities.max(dim=0)
+    num_classes = scores.shape[0]
+    flat = classes.flatten()
+    counts = torch.bincount(flat, minlength=num_classes)
+    score_sums = torch.zeros(num_classes, dtype=confidence.dtype, device=confidence.device)
+    score_sums.index_add_(0, flat, confidence.flatten())
+    present = torch.nonzero(counts).flatten()
+    segment_ids = torch.zeros(num_classes, dtype=torch.int32, device=scores.device)
+    segment_ids[present] = torch.arange(1, len(present) + 1, dtype=torch.int32, device=scores.device)
+    mean_scores = (score_sums[present] / counts[present]).tolist()
+    segments_info = [
+        {"id": index + 1, "label_id": label, "was_fused": label in label_ids_to_fuse, "score": round(score, 6)}
+        for index, (label, score) in enumerate(zip(present.tolist(), mean_scores))
+    ]
+    return {"segmentation": segment_ids[classes], "segments_info": segments_info}
