@@ -4,9 +4,13 @@ Importing the package registers every configuration, model and image processor w
 """
 
 from .inference import infer_logits
+from .segmenter import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "infer_logits",
+    "SegmenterConfig",
+    "SegmenterForSemanticSegmentation",
+    "SegmenterImageProcessor",
 ]

@@ -1,0 +1,317 @@
+"""Building blocks shared by the architectures: stochastic depth, the pre-norm transformer layer (attention through
+transformers' attention interface) and the plain ViT encoder that Segmenter and SETR share, with position-embedding
+resizing as the original implementations do it."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample: zeroes a whole residual branch with probability `drop_prob`, rescales the rest."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1.0 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    return hidden_states * mask / keep_prob
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scaling) v. Inputs (B, heads, N, head_dim); returns (B, N, heads, head_dim) and the
+    attention probabilities (B, heads, N, N)."""
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+def attention_interface(config, output_attentions: bool) -> Callable:
+    """The attention function chosen by `config._attn_implementation` ("sdpa", "eager", ...); eager when attention
+    probabilities are requested, since fused kernels do not return them."""
+    if output_attentions:
+        return eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused `qkv` projection (rows q, k, v; heads contiguous inside each), as
+    timm's ViT, Segmenter and the original SETR store it."""
+
+    def __init__(self, config, hidden_size: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0,
+                 attention_dropout: float = 0.0):
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(f"hidden size {hidden_size} is not divisible by the number of heads {num_heads}.")
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = attention_dropout
+        self.is_causal = False
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.proj_dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        """(B, N, C) -> (B, N, C), and the attention probabilities (B, heads, N, N) when requested."""
+        batch, length, channels = hidden_states.shape
+        query, key, value = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4
+        )
+        attention = attention_interface(self.config, output_attentions)
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        output = self.proj_dropout(self.proj(output.reshape(batch, length, channels)))
+        return output, (weights if output_attentions else None)
+
+
+class FeedForward(nn.Module):
+    """Linear -> activation -> dropout -> Linear -> dropout."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "gelu", dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.activation = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(self.activation(self.fc1(hidden_states)))))
+
+
+class TransformerLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer layer: x + DropPath(MHSA(LN(x))), then x + DropPath(FFN(LN(x)))."""
+
+    def __init__(
+        self,
+        config,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        layer_norm_eps: float,
+        drop_path_rate: float = 0.0,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        qkv_bias: bool = True,
+        hidden_act: str = "gelu",
+    ):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.attention = MultiHeadSelfAttention(config, hidden_size, num_heads, qkv_bias, dropout, attention_dropout)
+        self.layernorm_after = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.mlp = FeedForward(hidden_size, intermediate_size, hidden_act, dropout)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        """(B, N, C) -> (B, N, C), attention probabilities or None."""
+        attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+        return hidden_states, weights
+
+
+def _pair(value) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[1]))
+
+
+def resize_position_embeddings(
+    position_embeddings: torch.Tensor,
+    num_extra_tokens: int,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Resizes the grid part of `position_embeddings` (1, extra + old_h * old_w, C) to `new_grid` with
+    `F.interpolate(mode, align_corners=False)` (no antialias); the extra (cls / distillation) positions are kept."""
+    extra, grid = position_embeddings[:, :num_extra_tokens], position_embeddings[:, num_extra_tokens:]
+    channels = grid.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], channels)
+    return torch.cat([extra, grid], dim=1)
+
+
+def pad_to_multiple(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pads (B, C, H, W) at the bottom and right up to multiples of `multiple`."""
+    height, width = pixel_values.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+    return pixel_values
+
+
+class ViTEmbeddings(nn.Module):
+    """Patch embedding (a patch_size x patch_size conv with stride patch_size), optional cls and distillation tokens
+    and learned position embeddings for the `image_size // patch_size` grid."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.patch_size = config.patch_size
+        image_size = _pair(config.image_size)
+        self.grid_size = (image_size[0] // config.patch_size, image_size[1] // config.patch_size)
+        self.num_extra_tokens = int(config.use_cls_token) + int(config.distilled)
+        self.interpolation = config.position_embedding_interpolation
+        self.patch_embeddings = nn.Conv2d(
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=config.patch_embeddings_bias,
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_cls_token else None
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.distilled else None
+        num_positions = self.num_extra_tokens + self.grid_size[0] * self.grid_size[1]
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) with H, W multiples of the patch size -> tokens (B, extra + h * w, hidden) and (h, w)."""
+        patches = self.patch_embeddings(pixel_values)
+        grid = (patches.shape[-2], patches.shape[-1])
+        tokens = patches.flatten(2).transpose(1, 2)
+        extra = [t.expand(tokens.shape[0], -1, -1) for t in (self.cls_token, self.distillation_token) if t is not None]
+        if extra:
+            tokens = torch.cat([*extra, tokens], dim=1)
+        position_embeddings = self.position_embeddings
+        # As Segmenter and mmsegmentation do: resize only when the token count differs from the training grid's.
+        if tokens.shape[1] != position_embeddings.shape[1]:
+            position_embeddings = resize_position_embeddings(
+                position_embeddings, self.num_extra_tokens, self.grid_size, grid, self.interpolation
+            )
+        return self.dropout(tokens + position_embeddings.to(tokens.dtype)), grid
+
+
+@dataclass
+class ViTEncoderOutput(ModelOutput):
+    """
+    last_hidden_state (`torch.FloatTensor` of shape `(B, extra + h * w, hidden_size)`): output of the last layer
+        (after the final LayerNorm when the config has one); extra = cls and distillation tokens.
+    grid_size (`tuple[int, int]`): the patch grid (h, w) of the zero-padded input.
+    hidden_states (`tuple[torch.FloatTensor]`): embeddings and the output of every layer (before any final norm).
+    attentions (`tuple[torch.FloatTensor]`): attention probabilities (B, heads, N, N) of every layer.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    grid_size: tuple[int, int] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class ViTEncoder(nn.Module):
+    """The plain ViT of Segmenter and SETR: no downsampling beyond the patch embedding, any input size (zero-padded at
+    the bottom/right to a multiple of the patch size, position embeddings resized to the grid).
+
+    Config fields (ViTConfig names): hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+    patch_size, image_size, num_channels, layer_norm_eps, hidden_act, qkv_bias, hidden_dropout_prob,
+    attention_probs_dropout_prob, drop_path_rate; plus use_cls_token, distilled, patch_embeddings_bias,
+    use_final_layer_norm, position_embedding_interpolation.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = ViTEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList(
+            TransformerLayer(
+                config,
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size,
+                config.layer_norm_eps,
+                drop_path_rate=rate,
+                dropout=config.hidden_dropout_prob,
+                attention_dropout=config.attention_probs_dropout_prob,
+                qkv_bias=config.qkv_bias,
+                hidden_act=config.hidden_act,
+            )
+            for rate in rates
+        )
+        self.layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_final_layer_norm else None
+        )
+
+    @property
+    def num_extra_tokens(self) -> int:
+        return self.embeddings.num_extra_tokens
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> ViTEncoderOutput:
+        """pixel_values (B, C, H, W) of any size -> `ViTEncoderOutput` over the padded input's patch grid."""
+        hidden_states, grid = self.embeddings(pad_to_multiple(pixel_values, self.config.patch_size))
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, weights = layer(hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        if self.layernorm is not None:
+            hidden_states = self.layernorm(hidden_states)
+        return ViTEncoderOutput(
+            last_hidden_state=hidden_states, grid_size=grid, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+def tokens_to_feature_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h * w, C) patch tokens -> (B, C, h, w)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid[0], grid[1])
+
+
+def init_vit_weights(module: nn.Module, std: float) -> None:
+    """ViT initialisation of the papers (timm's): trunc-normal(std) Linear/conv weights with zero biases, unit
+    LayerNorms, trunc-normal(std) cls / distillation tokens and position embeddings. Uses transformers'
+    `initialization` helpers so that weights loaded by `from_pretrained` are not re-initialised."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    elif isinstance(module, ViTEmbeddings):
+        init.trunc_normal_(module.position_embeddings, std=std)
+        for token in (module.cls_token, module.distillation_token):
+            if token is not None:
+                init.trunc_normal_(token, std=std)
