@@ -40,14 +40,15 @@ def load_checkpoint(path: str | os.PathLike, *, allow_unsafe_pickle: bool = Fals
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
+_CONFIG_BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "True": True, "False": False, "None": None}
+
+
 def load_python_config(path: str | os.PathLike) -> dict:
     """Reads a flattened mmsegmentation / mmcv `.py` config (only literals and `dict(...)` calls) into a dict."""
     path = _require_file(path, "Config file")
     namespace: dict = {}
     try:
-        exec(compile(path.read_text(), str(path), "exec"), {"__builtins__": {"dict": dict, "list": list, "tuple": tuple,
-                                                                          "True": True, "False": False, "None": None}},
-             namespace)
+        exec(compile(path.read_text(), str(path), "exec"), {"__builtins__": _CONFIG_BUILTINS}, namespace)
     except Exception as error:
         raise ConversionError(f"Could not read the config {str(path)!r}: {error}") from error
     return namespace
@@ -154,3 +155,61 @@ def conversion_argument_parser(architecture: str, sources: Iterable[str]) -> arg
         help="Fully unpickle checkpoints that torch.load(weights_only=True) rejects. Only for files you trust.",
     )
     return parser
+
+
+def push_converted(output_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
+                   commit_message: str | None = None) -> str:
+    """Creates `repo_id` on the Hub (if needed) and uploads the converted folder in ONE commit; returns its URL.
+    Needs network access and a token (`huggingface-cli login`)."""
+    from huggingface_hub import create_repo, upload_folder
+
+    create_repo(repo_id, private=private, exist_ok=True)
+    info = upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        revision=revision,
+        commit_message=commit_message or f"Upload converted checkpoint ({Path(output_dir).name})",
+    )
+    return str(info)
+
+
+def run_conversion_cli(
+    architecture: str,
+    sources: Iterable[str],
+    convert: Callable[[argparse.Namespace], tuple],
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    card_kwargs: Callable[[argparse.Namespace], dict] | None = None,
+) -> Path:
+    """Parses the fixed conversion flags, converts with `convert(args) -> (model, image_processor)`, writes the output
+    directory atomically (with a model card when `--model_card` or `--push_to_hub`), and pushes if asked."""
+    import shlex
+    import sys
+
+    from .model_card import render_model_card
+
+    parser = conversion_argument_parser(architecture, sources)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        model, image_processor = convert(args)
+        card = None
+        if args.model_card or args.push_to_hub:
+            command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+            card = render_model_card(
+                model.config,
+                architecture=architecture,
+                repo_id=args.push_to_hub or f"<org>/{Path(args.output_dir).name}",
+                checkpoint=Path(args.checkpoint).name,
+                source=args.source,
+                command=command,
+                **(card_kwargs(args) if card_kwargs else {}),
+            ).content
+        output_dir = save_converted(args.output_dir, model, image_processor, model_card=card)
+    except ConversionError as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"Converted {args.checkpoint} -> {output_dir}")
+    if args.push_to_hub:
+        print(f"Pushed to {push_converted(output_dir, args.push_to_hub)}")
+    return output_dir

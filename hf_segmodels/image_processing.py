@@ -12,6 +12,8 @@ from transformers.image_utils import ChannelDimension, ImageInput, PILImageResam
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
+from .remote_code import RemoteCodeImageProcessorMixin
+
 # PIL modes that hold more than 8 bits per pixel; they are mapped to [0, 255] before the usual 1/255 rescale.
 _HIGH_BIT_DEPTH_PIL_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0}
 
@@ -65,7 +67,7 @@ def _to_channels_last_rgb(image) -> np.ndarray | PIL.Image.Image:
     return image
 
 
-class SemanticSegmentationImageProcessor(PilBackend):
+class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBackend):
     r"""Resize, rescale and normalise images (and resize + reduce their label maps) the way the original test
     protocol of each architecture does; subclasses set the normalisation and sizes.
 

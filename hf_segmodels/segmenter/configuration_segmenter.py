@@ -3,6 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..remote_code import RemoteCodeConfigMixin
+
 # Encoders of rstrudel/segmenter's `segm/config.yml` (width, heads, layers); MLP size is 4x width, head size 64.
 ENCODER_SIZES = {
     "tiny": (192, 3, 12),
@@ -25,7 +27,7 @@ NORMALIZATION = {
 
 
 @strict
-class SegmenterConfig(PreTrainedConfig):
+class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`SegmenterForSemanticSegmentation`]: a plain ViT encoder (optionally DeiT-distilled) and a
     linear or Mask-Transformer decoder. Encoder fields use transformers' `ViTConfig` names.

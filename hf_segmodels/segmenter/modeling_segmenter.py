@@ -10,6 +10,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from ..layers import TransformerLayer, ViTEncoder, init_vit_weights, tokens_to_feature_map
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, check_pixel_values
+from ..remote_code import RemoteCodeModelMixin
 from .configuration_segmenter import SegmenterConfig
 
 
@@ -72,7 +73,7 @@ class MaskTransformerDecoder(nn.Module):
         return tokens_to_feature_map(masks, grid), attentions
 
 
-class SegmenterPreTrainedModel(PreTrainedModel):
+class SegmenterPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
     config: SegmenterConfig
     base_model_prefix = "segmenter"
     main_input_name = "pixel_values"
