@@ -67,6 +67,15 @@ def _to_channels_last_rgb(image) -> np.ndarray | PIL.Image.Image:
     return image
 
 
+def _as_image_list(images) -> list:
+    """One image (PIL, or a 2-D / 3-D array) or a batch (list, or a 4-D array) -> a list of images."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
 class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBackend):
     r"""Resize, rescale and normalise images (and resize + reduce their label maps) the way the original test
     protocol of each architecture does; subclasses set the normalisation and sizes.
@@ -105,6 +114,7 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
     ) -> BatchFeature:
         """Returns a `BatchFeature` with `pixel_values` (B, 3, H, W) and, when `segmentation_maps` are given,
         `labels` (B, H, W) int64."""
+        images = [_to_channels_last_rgb(image) for image in _as_image_list(images)]
         return super().preprocess(images, segmentation_maps, **kwargs)
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
@@ -140,6 +150,7 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
         **kwargs,
     ) -> BatchFeature:
         images = self._prepare_image_like_inputs(images=images, input_data_format=input_data_format)
+        do_reduce_labels = kwargs.pop("do_reduce_labels")
         data = {"pixel_values": self._preprocess(images, do_reduce_labels=False, **kwargs)}
         if segmentation_maps is not None:
             if not isinstance(segmentation_maps, (list, tuple)):
@@ -155,7 +166,13 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
                         f"Image {index} has size {tuple(image.shape[-2:])} but its segmentation map has size "
                         f"{tuple(label_map.shape[-2:])}; they must match."
                     )
-            label_kwargs = {**kwargs, "do_normalize": False, "do_rescale": False, "resample": PILImageResampling.NEAREST}
+            label_kwargs = {
+                **kwargs,
+                "do_reduce_labels": do_reduce_labels,
+                "do_normalize": False,
+                "do_rescale": False,
+                "resample": PILImageResampling.NEAREST,
+            }
             data["labels"] = [m[0].astype(np.int64) for m in self._preprocess(maps, **label_kwargs)]
         if return_tensors is not None:
             self._check_same_sizes(data["pixel_values"])
