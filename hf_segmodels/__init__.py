@@ -5,6 +5,7 @@ Importing the package registers every configuration, model and image processor w
 
 from .inference import infer_logits
 from .segmenter import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor
+from .segformer import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
 __version__ = "0.1.0"
 
@@ -13,4 +14,7 @@ __all__ = [
     "SegmenterConfig",
     "SegmenterForSemanticSegmentation",
     "SegmenterImageProcessor",
+    "SegformerConfig",
+    "SegformerForSemanticSegmentation",
+    "SegformerImageProcessor",
 ]

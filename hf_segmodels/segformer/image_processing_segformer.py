@@ -1,0 +1,70 @@
+"""SegFormer image processor (PIL backend, no torchvision)."""
+
+import numpy as np
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, SizeDict
+from transformers.processing_utils import Unpack
+
+from ..image_processing import SegmentationImageProcessorKwargs, SemanticSegmentationImageProcessor
+from .configuration_segformer import SEGFORMER_PRESETS
+
+
+class SegformerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=False):
+    r"""
+    size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
+        After the keep-ratio resize, round both sides up to a multiple of this (the original ADE20K test pipeline's
+        `AlignedResize(size_divisor=32)`); `None` or 0 keeps the keep-ratio size.
+    """
+
+    size_divisor: int | None
+
+
+class SegformerImageProcessor(SemanticSegmentationImageProcessor):
+    r"""Image processor of SegFormer (PIL backend, no torchvision).
+
+    Defaults are the original ADE20K test protocol of NVlabs/SegFormer (`local_configs/_base_/datasets/
+    ade20k_repeat.py`): keep-ratio resize to a shorter side of 512 with the longer side at most 2048
+    (`img_scale=(2048, 512)`), both sides then rounded up to a multiple of 32 (`AlignedResize`), pixels rescaled to
+    [0, 1] and normalised with the ImageNet mean/std (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375) on the
+    0-255 scale. The resize is done in one step to the aligned size (the original resizes twice with OpenCV).
+    `SegformerImageProcessor.from_preset("b0-cityscapes-1024")` gives the Cityscapes protocol (shorter side 1024,
+    longer at most 2048, no alignment, labels not reduced). Set `do_reduce_labels=True` for ADE20K label maps (0 is
+    "other"); the ADE20K presets do.
+    """
+
+    valid_kwargs = SegformerImageProcessorKwargs
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"shortest_edge": 512, "longest_edge": 2048}
+    size_divisor = 32
+
+    def __init__(self, **kwargs: Unpack[SegformerImageProcessorKwargs]):
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> "SegformerImageProcessor":
+        """The test-time preprocessing of a released model (`"b0-ade-512"` ... `"b5-cityscapes-1024"`)."""
+        if name not in SEGFORMER_PRESETS:
+            raise ValueError(f"Unknown SegFormer preset {name!r}; choose one of {sorted(SEGFORMER_PRESETS)}.")
+        preset = SEGFORMER_PRESETS[name]
+        ade = preset["dataset"] == "ade20k"
+        defaults = {
+            "size": {"shortest_edge": preset["test_size"], "longest_edge": 2048},
+            "size_divisor": 32 if ade else None,
+            "do_reduce_labels": ade,
+        }
+        return cls(**{**defaults, **kwargs})
+
+    def _preprocess(self, images: list[np.ndarray], do_resize: bool, size: SizeDict, resample, size_divisor=None,
+                    **kwargs) -> list[np.ndarray]:  # fmt: skip
+        if do_resize and size_divisor and size.shortest_edge and size.longest_edge:
+            resized = []
+            for image in images:
+                height, width = image.shape[-2:]
+                scale = min(size.longest_edge / max(height, width), size.shortest_edge / min(height, width))
+                aligned = [-(-int(side * scale + 0.5) // size_divisor) * size_divisor for side in (height, width)]
+                resized.append(self.resize(image, SizeDict(height=aligned[0], width=aligned[1]), resample))
+            images, do_resize = resized, False
+        return super()._preprocess(images, do_resize=do_resize, size=size, resample=resample, **kwargs)
+
+
+__all__ = ["SegformerImageProcessor"]

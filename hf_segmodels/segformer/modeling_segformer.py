@@ -1,0 +1,480 @@
+"""SegFormer (arXiv 2105.15203): the hierarchical Mix Transformer (MiT) encoder and the lightweight all-MLP decoder.
+
+Memory layout: the encoder works on tokens (B, h * w, C), i.e. channels-last feature maps. Its feature maps are
+returned as (B, C, h, w) *views* of those tokens (channels-last strides), so moving between the token and the map view
+never copies; the convolutions (patch embeddings, spatial reduction, depthwise conv) run channels-last as well.
+
+Decoder speed: the paper's decoder projects every stage to `decoder_hidden_size`, upsamples all four to 1/4 resolution,
+concatenates them (4 x decoder_hidden_size channels at 1/4 resolution) and fuses them with a 1x1 conv + BatchNorm +
+ReLU. A 1x1 conv and bilinear upsampling commute (both are linear, the upsampling acts per channel, and its weights
+sum to one so constants pass through), so in eval mode `SegformerDecodeHead` folds the fuse conv (and the eval-mode
+BatchNorms) into per-stage matrices applied at each stage's own resolution and sums the upsampled results: the
+4 x wide concatenation is never built. The merged matrices are computed from the stored parameters when needed and
+cached while the parameters are unchanged; `save_pretrained` writes the original, unmerged parameters.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils import ModelOutput
+
+from ..layers import DropPath, attention_interface
+from ..losses import semantic_cross_entropy
+from ..modeling_utils import SegmentationModelMixin, check_pixel_values
+from ..remote_code import RemoteCodeModelMixin
+from .configuration_segformer import SegformerConfig
+
+
+def tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h * w, C) tokens -> (B, C, h, w) view with channels-last strides (no copy)."""
+    return tokens.unflatten(1, size).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h * w, C); a view when the map is channels-last."""
+    return feature_map.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+class SegformerOverlapPatchEmbeddings(nn.Module):
+    """Overlapped patch merging: a conv with kernel `patch_size`, stride `stride` and padding `patch_size // 2`
+    (7/4/3 for stage 1, 3/2/1 afterwards), then LayerNorm."""
+
+    def __init__(self, config: SegformerConfig, stage: int):
+        super().__init__()
+        in_channels = config.num_channels if stage == 0 else config.hidden_sizes[stage - 1]
+        patch_size = config.patch_sizes[stage]
+        self.proj = nn.Conv2d(
+            in_channels,
+            config.hidden_sizes[stage],
+            kernel_size=patch_size,
+            stride=config.strides[stage],
+            padding=patch_size // 2,
+        )
+        self.norm = nn.LayerNorm(config.hidden_sizes[stage], eps=config.embedding_layer_norm_eps)
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C_in, H, W) -> tokens (B, h * w, C) and (h, w)."""
+        embeddings = self.proj(feature_map)
+        size = (embeddings.shape[-2], embeddings.shape[-1])
+        return self.norm(map_to_tokens(embeddings)), size
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head self-attention whose keys and values come from a spatially reduced sequence: the token map is
+    reduced by a conv with kernel = stride = `sr_ratio` (floor division of odd sizes) and a LayerNorm, which cuts the
+    cost from O(N^2) to O(N^2 / R^2). Queries come from all N tokens. Parameters as the original: `q`, `kv` (rows
+    keys then values), `proj`, `sr`, `norm`."""
+
+    def __init__(self, config: SegformerConfig, stage: int):
+        super().__init__()
+        hidden_size = config.hidden_sizes[stage]
+        self.config = config
+        self.num_heads = config.num_attention_heads[stage]
+        self.head_dim = hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.q = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.kv = nn.Linear(hidden_size, 2 * hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.sr_ratio = config.sr_ratios[stage]
+        if self.sr_ratio > 1:
+            self.sr = nn.Conv2d(hidden_size, hidden_size, kernel_size=self.sr_ratio, stride=self.sr_ratio)
+            self.norm = nn.LayerNorm(hidden_size, eps=config.embedding_layer_norm_eps)
+
+    def forward(
+        self, hidden_states: torch.Tensor, size: tuple[int, int], output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, C) tokens of an (h, w) map -> (B, N, C), and the attention probabilities (B, heads, N, N / R^2)
+        when requested."""
+        batch, length, channels = hidden_states.shape
+        query = self.q(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        reduced = hidden_states
+        if self.sr_ratio > 1:
+            reduced = self.norm(map_to_tokens(self.sr(tokens_to_map(hidden_states, size))))
+        key, value = self.kv(reduced).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attention = attention_interface(self.config, output_attentions)
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        output = self.proj_dropout(self.proj(output.reshape(batch, length, channels)))
+        return output, (weights if output_attentions else None)
+
+
+class MixFFN(nn.Module):
+    """Mix-FFN: Linear expansion, 3x3 depthwise conv (with bias; it supplies the positional information, so there are
+    no position embeddings), activation, Linear projection."""
+
+    def __init__(self, config: SegformerConfig, stage: int):
+        super().__init__()
+        hidden_size = config.hidden_sizes[stage]
+        intermediate_size = int(hidden_size * config.mlp_ratios[stage])
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.dwconv = nn.Conv2d(intermediate_size, intermediate_size, 3, padding=1, groups=intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, N, C) tokens of an (h, w) map -> (B, N, C)."""
+        hidden_states = map_to_tokens(self.dwconv(tokens_to_map(self.fc1(hidden_states), size)))
+        hidden_states = self.dropout(self.activation(hidden_states))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class SegformerLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + DropPath(EfficientSelfAttention(LN(x))), then x + DropPath(MixFFN(LN(x)))."""
+
+    def __init__(self, config: SegformerConfig, stage: int, drop_path_rate: float):
+        super().__init__()
+        hidden_size = config.hidden_sizes[stage]
+        self.norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.attn = EfficientSelfAttention(config, stage)
+        self.drop_path = DropPath(drop_path_rate)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MixFFN(config, stage)
+
+    def forward(
+        self, hidden_states: torch.Tensor, size: tuple[int, int], output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, weights = self.attn(self.norm1(hidden_states), size, output_attentions)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states), size))
+        return hidden_states, weights
+
+
+class SegformerStage(nn.Module):
+    """One encoder stage: overlapped patch merging, `depths[stage]` blocks, LayerNorm."""
+
+    def __init__(self, config: SegformerConfig, stage: int, drop_path_rates: list[float]):
+        super().__init__()
+        self.patch_embed = SegformerOverlapPatchEmbeddings(config, stage)
+        self.blocks = nn.ModuleList(SegformerLayer(config, stage, rate) for rate in drop_path_rates)
+        self.norm = nn.LayerNorm(config.hidden_sizes[stage], eps=config.layer_norm_eps)
+
+    def forward(
+        self, feature_map: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(B, C_in, H, W) -> (B, C, h, w) channels-last feature map, and the attention probabilities of its blocks
+        (empty unless requested)."""
+        hidden_states, size = self.patch_embed(feature_map)
+        attentions = ()
+        for block in self.blocks:
+            hidden_states, weights = block(hidden_states, size, output_attentions)
+            if output_attentions:
+                attentions += (weights,)
+        return tokens_to_map(self.norm(hidden_states), size), attentions
+
+
+@dataclass
+class SegformerModelOutput(ModelOutput):
+    """
+    last_hidden_state (`torch.FloatTensor` of shape `(B, C_4, H / 32, W / 32)`): the last stage's feature map.
+    feature_maps (`tuple[torch.FloatTensor]`): the four stage outputs (after the stage LayerNorms), `(B, C_i, h_i, w_i)`
+        at strides 4, 8, 16, 32; always returned (this is what a decoder or a backbone user needs).
+    hidden_states (`tuple[torch.FloatTensor]`, *optional*): the same four maps, when `output_hidden_states=True`.
+    attentions (`tuple[torch.FloatTensor]`, *optional*): attention probabilities `(B, heads, N, N / sr_ratio^2)` of
+        every block, when `output_attentions=True`.
+
+    The maps are channels-last views of the encoder's token tensors; call `.contiguous()` if a consumer needs the
+    default memory format.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class SegformerPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
+    config: SegformerConfig
+    base_model_prefix = "segformer"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["SegformerLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # As the original MiT: trunc-normal(0.02) Linear weights with zero biases, unit LayerNorms, convs normal with
+        # std sqrt(2 / fan_out) (fan_out = k * k * out_channels / groups) and zero biases. Decoder as mmseg's
+        # ConvModule / BaseDecodeHead: Kaiming-normal (fan_out, ReLU) fuse conv, unit BatchNorms, classifier N(0, 0.01).
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            init.normal_(module.weight, std=(2.0 / fan_out) ** 0.5)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        if isinstance(module, SegformerDecodeHead):
+            init.kaiming_normal_(module.linear_fuse.weight, mode="fan_out", nonlinearity="relu")
+            init.normal_(module.classifier.weight, std=0.01)
+            init.zeros_(module.classifier.bias)
+
+
+class SegformerModel(SegformerPreTrainedModel):
+    """The Mix Transformer (MiT) encoder: four stages of overlapped patch merging + efficient-attention / Mix-FFN
+    blocks, returning feature maps at strides 4, 8, 16 and 32 (usable as a backbone: `outputs.feature_maps`,
+    channels `config.hidden_sizes`). Any input size works; there are no position embeddings."""
+
+    def __init__(self, config: SegformerConfig):
+        super().__init__(config)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        stages, start = [], 0
+        for stage, depth in enumerate(config.depths):
+            stages.append(SegformerStage(config, stage, rates[start : start + depth]))
+            start += depth
+        self.stages = nn.ModuleList(stages)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SegformerModelOutput | tuple:
+        """pixel_values (B, num_channels, H, W) of any size -> `SegformerModelOutput`."""
+        check_pixel_values(pixel_values, self.config.num_channels)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        feature_map, feature_maps, attentions = pixel_values, (), ()
+        for stage in self.stages:
+            feature_map, stage_attentions = stage(feature_map, output_attentions)
+            feature_maps += (feature_map,)
+            attentions += stage_attentions
+        output = SegformerModelOutput(
+            last_hidden_state=feature_map,
+            feature_maps=feature_maps,
+            hidden_states=feature_maps if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SegformerMLP(nn.Module):
+    """The decoder's per-stage projection to `decoder_hidden_size`: a Linear with bias (original), or a 1x1 conv
+    without bias + BatchNorm + ReLU (mmsegmentation 1.x), stored as a bias-free Linear and a BatchNorm."""
+
+    def __init__(self, config: SegformerConfig, in_channels: int):
+        super().__init__()
+        self.with_norm = config.decoder_type == "mmseg"
+        self.proj = nn.Linear(in_channels, config.decoder_hidden_size, bias=not self.with_norm)
+        if self.with_norm:
+            self.batch_norm = nn.BatchNorm2d(config.decoder_hidden_size)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_i, h, w) -> (B, decoder_hidden_size, h, w) (channels-last)."""
+        projected = tokens_to_map(self.proj(map_to_tokens(feature_map)), feature_map.shape[-2:])
+        if self.with_norm:
+            projected = F.relu(self.batch_norm(projected))
+        return projected
+
+
+def _batch_norm_scale_shift(batch_norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode BatchNorm as y = x * scale + shift."""
+    scale = batch_norm.weight * torch.rsqrt(batch_norm.running_var + batch_norm.eps)
+    return scale, batch_norm.bias - batch_norm.running_mean * scale
+
+
+class SegformerDecodeHead(nn.Module):
+    """The all-MLP decoder: per-stage projections, bilinear upsampling to 1/4 resolution, concatenation, a 1x1 fuse
+    conv (no bias) + BatchNorm + ReLU, dropout and a 1x1 classifier. Parameter names as transformers' port:
+    `linear_c.{i}`, `linear_fuse`, `batch_norm`, `classifier`.
+
+    Training runs the paper's formulation literally (`forward_concat`). Eval mode runs the algebraically identical
+    `forward_merged` (see the module docstring): per stage, one matrix folding projection (original decoder), fuse
+    conv block and fuse BatchNorm, applied before the upsampling; the upsampled results are summed.
+    """
+
+    def __init__(self, config: SegformerConfig):
+        super().__init__()
+        self.decoder_type = config.decoder_type
+        self.num_stages = config.num_encoder_blocks
+        width = config.decoder_hidden_size
+        self.linear_c = nn.ModuleList(SegformerMLP(config, channels) for channels in config.hidden_sizes)
+        self.linear_fuse = nn.Conv2d(width * self.num_stages, width, kernel_size=1, bias=False)
+        self.batch_norm = nn.BatchNorm2d(width)
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Conv2d(width, config.num_labels, kernel_size=1)
+        self._merged_cache: tuple[tuple, list[tuple[torch.Tensor, torch.Tensor | None]], torch.Tensor] | None = None
+
+    def _concat_position(self, stage: int) -> int:
+        # The original concatenates stages 4, 3, 2, 1; mmsegmentation 1.x concatenates 1, 2, 3, 4.
+        return self.num_stages - 1 - stage if self.decoder_type == "original" else stage
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Four (B, C_i, h_i, w_i) maps -> logits (B, num_labels, h_1, w_1) at the first map's (1/4) resolution."""
+        if self.training:
+            return self.forward_concat(feature_maps)
+        return self.forward_merged(feature_maps)
+
+    def forward_concat(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The decoder exactly as the paper writes it (used for training)."""
+        size = feature_maps[0].shape[-2:]
+        projected = [None] * self.num_stages
+        for stage, (feature_map, mlp) in enumerate(zip(feature_maps, self.linear_c)):
+            stage_map = mlp(feature_map)
+            if stage_map.shape[-2:] != size:
+                stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
+            projected[self._concat_position(stage)] = stage_map
+        hidden_states = self.activation(self.batch_norm(self.linear_fuse(torch.cat(projected, dim=1))))
+        return self.classifier(self.dropout(hidden_states))
+
+    def _parameter_state(self) -> tuple | None:
+        """Identifies the current values of every tensor the merged weights depend on (storage, version counter,
+        dtype, device); None when that cannot be tracked (inference tensors have no version counter)."""
+        try:
+            return tuple(
+                (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device)
+                for module in (*self.linear_c, self.linear_fuse, self.batch_norm)
+                for tensor in (*module.parameters(), *module.buffers())
+            )
+        except RuntimeError:
+            return None
+
+    def _compute_merged(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor | None]], torch.Tensor]:
+        width = self.linear_fuse.out_channels
+        fuse = self.linear_fuse.weight.flatten(1)  # (width, stages * width)
+        scale, shift = _batch_norm_scale_shift(self.batch_norm)
+        stage_weights, bias = [], shift
+        for stage, mlp in enumerate(self.linear_c):
+            position = self._concat_position(stage)
+            block = fuse[:, position * width : (position + 1) * width] * scale[:, None]
+            if mlp.with_norm:
+                # The stage's own conv + BatchNorm is folded into a first Linear (ReLU follows it); the fuse block is
+                # then applied at the stage's resolution.
+                stage_scale, stage_shift = _batch_norm_scale_shift(mlp.batch_norm)
+                stage_weights.append((mlp.proj.weight * stage_scale[:, None], stage_shift, block))
+            else:
+                stage_weights.append((block @ mlp.proj.weight, None, None))
+                bias = bias + block @ mlp.proj.bias
+        return stage_weights, bias
+
+    def merged_parameters(self):
+        """The per-stage merged weights and the common bias of `forward_merged`, cached while the parameters are
+        unchanged and gradients are off (with gradients on they are recomputed, so gradients reach the parameters)."""
+        if torch.is_grad_enabled():
+            return self._compute_merged()
+        state = self._parameter_state()
+        if state is None:
+            return self._compute_merged()
+        if self._merged_cache is None or self._merged_cache[0] != state:
+            self._merged_cache = (state, *self._compute_merged())
+        return self._merged_cache[1:]
+
+    def forward_merged(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Eval-mode decoder with the fuse conv and BatchNorms folded in; same result as `forward_concat` in eval
+        mode up to float rounding. Everything runs on channels-last (token) layouts."""
+        if self.batch_norm.training:
+            raise RuntimeError("The merged SegFormer decoder folds BatchNorm statistics; it only runs in eval mode.")
+        stage_weights, bias = self.merged_parameters()
+        size = feature_maps[0].shape[-2:]
+        fused = None
+        for feature_map, (weight, stage_bias, block) in zip(feature_maps, stage_weights):
+            tokens = map_to_tokens(feature_map)
+            if block is None:
+                tokens = F.linear(tokens, weight)
+            else:
+                tokens = F.linear(F.relu(F.linear(tokens, weight, stage_bias)), block)
+            stage_map = tokens_to_map(tokens, feature_map.shape[-2:])
+            if stage_map.shape[-2:] != size:
+                stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
+            fused = stage_map if fused is None else fused.add_(stage_map)
+        hidden_states = F.relu(map_to_tokens(fused) + bias)  # (B, h * w, width)
+        logits = F.linear(hidden_states, self.classifier.weight.flatten(1), self.classifier.bias)
+        return tokens_to_map(logits, size).contiguous()
+
+
+class SegformerForSemanticSegmentation(SegmentationModelMixin, SegformerPreTrainedModel):
+    """SegFormer for semantic segmentation: the MiT encoder and the all-MLP decoder.
+
+    Input: `pixel_values` (B, 3, H, W) of any size. Output: `logits` (B, num_labels, ceil(H / 4), ceil(W / 4)) at the
+    1/4-resolution of the first stage; `full_resolution_logits` / `hf_segmodels.infer_logits` resize them bilinearly
+    to (H, W) as the original `encode_decode` does.
+    """
+
+    def __init__(self, config: SegformerConfig):
+        super().__init__(config)
+        self.segformer = SegformerModel(config)
+        self.decode_head = SegformerDecodeHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): normalised images of any size.
+        labels (`torch.LongTensor` of shape `(B, H', W')`, *optional*): class ids in `[0, num_labels)`, 255 ignored.
+            The loss is the per-pixel cross-entropy of the logits upsampled bilinearly to the label size.
+
+        Returns `SemanticSegmenterOutput` with `loss`, `logits` (B, num_labels, H / 4, W / 4), `hidden_states` (the four
+        stage feature maps (B, C_i, h_i, w_i)) and `attentions` (every block, (B, heads, N, N / sr_ratio^2)).
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoder_outputs = self.segformer(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits = self.decode_head(encoder_outputs.feature_maps)
+        loss = None
+        if labels is not None:
+            loss = semantic_cross_entropy(logits, labels, self.config.semantic_loss_ignore_index)
+        if not return_dict:
+            output = (logits,) + tuple(
+                v for v in (encoder_outputs.hidden_states, encoder_outputs.attentions) if v is not None
+            )
+            return ((loss,) + output) if loss is not None else output
+        return SemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=encoder_outputs.hidden_states, attentions=encoder_outputs.attentions
+        )
+
+
+__all__ = [
+    "SegformerDecodeHead",
+    "SegformerForSemanticSegmentation",
+    "SegformerModel",
+    "SegformerModelOutput",
+    "SegformerPreTrainedModel",
+]
