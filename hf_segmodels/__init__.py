@@ -5,6 +5,7 @@ Importing the package registers every configuration, model and image processor w
 
 from .inference import infer_logits
 from .segmenter import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor
+from .setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor
 from .segformer import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
 __version__ = "0.1.0"
@@ -14,6 +15,9 @@ __all__ = [
     "SegmenterConfig",
     "SegmenterForSemanticSegmentation",
     "SegmenterImageProcessor",
+    "SetrConfig",
+    "SetrForSemanticSegmentation",
+    "SetrImageProcessor",
     "SegformerConfig",
     "SegformerForSemanticSegmentation",
     "SegformerImageProcessor",

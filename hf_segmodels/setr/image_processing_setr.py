@@ -1,0 +1,40 @@
+"""SETR image processor."""
+
+from ..image_processing import SemanticSegmentationImageProcessor
+
+# Shorter side of the test images per dataset (the training crop size); the longer side is capped at 4x that.
+TEST_SIZES = {"ade20k": 512, "pascal_context": 480, "cityscapes": 768}
+
+
+class SetrImageProcessor(SemanticSegmentationImageProcessor):
+    r"""Image processor of SETR (PIL backend, no torchvision).
+
+    SETR normalises with the ImageNet mean / std of its configs (mean (123.675, 116.28, 103.53), std (58.395, 57.12,
+    57.375) on 0-255 RGB pixels, i.e. (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) after rescaling to [0, 1]).
+    Defaults are the ADE20K test size: the shorter side resized to 512 (the longer side at most 2048, aspect ratio
+    kept). `SetrImageProcessor.for_dataset("pascal_context")` (480) and `("cityscapes")` (768) set the other
+    datasets' sizes. Whole-image or sliding-window inference (`hf_segmodels.infer_logits` with the training crop as
+    window) then runs on the resized image. `do_reduce_labels=True` maps ADE20K's 0 ("other") to 255 (ignored) and
+    shifts the other labels down by one.
+
+    Post-processing: `post_process_semantic_segmentation` gives argmax maps; `post_process_panoptic_segmentation`
+    derives one segment per predicted class from the semantic prediction (SETR predicts no instances).
+    """
+
+    image_mean = (0.485, 0.456, 0.406)
+    image_std = (0.229, 0.224, 0.225)
+    size = {"shortest_edge": 512, "longest_edge": 2048}
+
+    @classmethod
+    def for_dataset(cls, dataset: str, **kwargs) -> "SetrImageProcessor":
+        """An image processor with the test size of `dataset` ("ade20k", "pascal_context" or "cityscapes");
+        ADE20K also gets `do_reduce_labels=True` (its label maps use 0 for "other")."""
+        if dataset not in TEST_SIZES:
+            raise ValueError(f"Unknown dataset {dataset!r}; expected one of {sorted(TEST_SIZES)}.")
+        shortest = TEST_SIZES[dataset]
+        kwargs.setdefault("size", {"shortest_edge": shortest, "longest_edge": 4 * shortest})
+        kwargs.setdefault("do_reduce_labels", dataset == "ade20k")
+        return cls(**kwargs)
+
+
+__all__ = ["SetrImageProcessor"]
