@@ -16,6 +16,18 @@ ARCHITECTURES = {
   year={2021}
 }""",
     },
+    "setr": {
+        "title": "SETR",
+        "paper": "https://arxiv.org/abs/2012.15840",
+        "repository": "https://github.com/fudan-zvg/SETR",
+        "license": "mit",
+        "bibtex": """@inproceedings{zheng2021rethinking,
+  title={Rethinking Semantic Segmentation from a Sequence-to-Sequence Perspective with Transformers},
+  author={Zheng, Sixiao and Lu, Jiachen and Zhao, Hengshuang and Zhu, Xiatian and Luo, Zekun and Wang, Yabiao and Fu, Yanwei and Feng, Jianfeng and Xiang, Tao and Torr, Philip H.S. and Zhang, Li},
+  booktitle={CVPR},
+  year={2021}
+}""",
+    },
 }
 
 _TEMPLATE = """---
