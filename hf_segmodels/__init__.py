@@ -7,6 +7,7 @@ from .inference import infer_logits
 from .segmenter import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor
 from .setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor
 from .segformer import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+from .maskformer import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,7 @@ __all__ = [
     "SegformerConfig",
     "SegformerForSemanticSegmentation",
     "SegformerImageProcessor",
+    "MaskFormerConfig",
+    "MaskFormerForUniversalSegmentation",
+    "MaskFormerImageProcessor",
 ]

@@ -1,0 +1,121 @@
+"""MaskFormer configuration (arXiv 2107.06278, facebookresearch/MaskFormer)."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from ..remote_code import RemoteCodeConfigMixin
+
+# The original's Swin (`D2SwinTransformer`) pads inputs to the window size inside every stage and normalises each
+# output stage; transformers implements exactly that as "maskformer-swin". A plain "swin" backbone config is
+# converted to it, as transformers' own MaskFormer does.
+_SWIN_MODEL_TYPES = ("swin", "maskformer-swin")
+
+
+@strict
+class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+    r"""
+    Configuration of [`MaskFormerForUniversalSegmentation`]: a backbone, an FPN pixel decoder producing 1/4-resolution
+    per-pixel embeddings, a DETR transformer decoder over the backbone's last feature map, a class head (num_labels + 1
+    with the "no object" class) and a mask-embedding MLP. Field names mirror transformers' `MaskFormerConfig`.
+
+    Args:
+        backbone_config (`PreTrainedConfig` or `dict`, *optional*): a transformers backbone config (e.g.
+            `ResNetConfig`, `SwinConfig` / `MaskFormerSwinConfig`) with `out_features` listing the stages fed to the
+            pixel decoder, lowest resolution last (default: the four stages). Built with transformers'
+            `load_backbone`. Defaults to Swin-B (384, window 12) as transformers' MaskFormer.
+        decoder_config (`DetrConfig` or `dict`, *optional*): the transformer decoder (`d_model`, `decoder_layers`,
+            `decoder_attention_heads`, `decoder_ffn_dim`, `dropout`, `attention_dropout`, `activation_dropout`,
+            `activation_function`). Defaults to DETR's: 6 layers, d_model 256, 8 heads, FFN 2048, post-norm.
+        num_queries (`int`, defaults to 100): number of queries (kept equal to `decoder_config.num_queries`).
+        fpn_feature_size (`int`, defaults to 256): channels of the FPN (GroupNorm(32) + ReLU everywhere).
+        mask_feature_size (`int`, defaults to 256): channels of the per-pixel and mask embeddings.
+        no_object_weight (`float`, defaults to 0.1): cross-entropy weight of the "no object" class.
+        cross_entropy_weight, mask_weight, dice_weight (`float`, defaults to 1, 20, 1): loss weights of the
+            classification cross-entropy, the sigmoid focal mask loss and the dice loss; the matching costs are
+            class 1, mask `mask_weight`, dice `dice_weight` as in the original.
+        use_auxiliary_loss (`bool`, defaults to `True`): deep supervision, i.e. the loss on the (LayerNorm-ed) output
+            of every decoder layer, as the original trains.
+        output_auxiliary_logits (`bool`, *optional*): return `auxiliary_outputs` even when no loss is computed.
+        size_divisibility (`int`, defaults to 32): whole-image inference (`full_resolution_logits`) zero-pads the
+            image to a multiple of this, as the original's `ImageList.from_tensors`, and crops the scores back.
+        init_std, init_xavier_std (`float`): initialisation (normal std of embeddings; gain of Xavier inits).
+
+    Example:
+
+    ```python
+    >>> from transformers import DetrConfig, ResNetConfig
+    >>> from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation
+    >>> backbone = ResNetConfig(depths=[3, 4, 6, 3], out_features=["stage1", "stage2", "stage3", "stage4"])
+    >>> config = MaskFormerConfig(backbone_config=backbone, num_labels=150)
+    >>> model = MaskFormerForUniversalSegmentation(config)
+    ```"""
+
+    model_type = "segmodels_maskformer"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="maskformer-swin",
+            init_kwargs={
+                "depths": [2, 2, 18, 2],
+                "drop_path_rate": 0.3,
+                "image_size": 384,
+                "embed_dim": 128,
+                "num_heads": [4, 8, 16, 32],
+                "window_size": 12,
+                "out_features": ["stage1", "stage2", "stage3", "stage4"],
+            },
+        ),
+        "decoder_config": SubConfigSpec(config_class=AutoConfig, model_type="detr"),
+    }
+    attribute_map = {"hidden_size": "mask_feature_size"}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    decoder_config: dict | PreTrainedConfig | None = None
+    num_queries: int | None = None
+    fpn_feature_size: int = 256
+    mask_feature_size: int = 256
+    no_object_weight: float | int = 0.1
+    cross_entropy_weight: float | int = 1.0
+    mask_weight: float | int = 20.0
+    dice_weight: float | int = 1.0
+    use_auxiliary_loss: bool = True
+    output_auxiliary_logits: bool | None = None
+    size_divisibility: int = 32
+    init_std: float = 0.02
+    init_xavier_std: float | int = 1.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        backbone = self.backbone_config
+        if backbone.model_type == "swin":
+            from transformers import MaskFormerSwinConfig
+
+            values = backbone.to_dict()
+            values.pop("model_type", None)
+            self.backbone_config = backbone = MaskFormerSwinConfig(**values)
+        if getattr(backbone, "out_features", None) is None or len(backbone.out_features) < 2:
+            stages = [name for name in backbone.stage_names if name != "stem"]
+            backbone.out_features = stages
+        if self.num_queries is None:
+            self.num_queries = self.decoder_config.num_queries
+        self.decoder_config.num_queries = self.num_queries
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if self.decoder_config.model_type != "detr":
+            raise ValueError(
+                f"`decoder_config` must be a DetrConfig (model_type 'detr'), got {self.decoder_config.model_type!r}."
+            )
+        if self.fpn_feature_size % 32:
+            raise ValueError(f"`fpn_feature_size` ({self.fpn_feature_size}) must be a multiple of 32 (GroupNorm(32)).")
+        if self.decoder_config.d_model % self.decoder_config.decoder_attention_heads:
+            raise ValueError(
+                f"decoder d_model ({self.decoder_config.d_model}) must be divisible by decoder_attention_heads "
+                f"({self.decoder_config.decoder_attention_heads})."
+            )
+        if self.num_queries < 1:
+            raise ValueError(f"`num_queries` must be positive, got {self.num_queries}.")
+
+
+__all__ = ["MaskFormerConfig"]

@@ -1,0 +1,447 @@
+r"""Conversion of MaskFormer checkpoints into [`MaskFormerForUniversalSegmentation`].
+
+Two sources:
+
+* `transformers`: a directory saved by transformers' `MaskFormerForInstanceSegmentation` (the facebook/maskformer-*
+  Hub layout: `config.json` + `model.safetensors` or `pytorch_model.bin`). Both the legacy key names that
+  `save_pretrained` writes (`out_proj`, `layers.N.fc1`) and the in-memory names of transformers 5 (`o_proj`,
+  `layers.N.mlp.fc1`) are accepted.
+* `original`: a detectron2 checkpoint of facebookresearch/MaskFormer (`model_final_*.pkl`, a pickle of NumPy arrays,
+  read with a restricted unpickler that only rebuilds arrays; or a `torch.save`d `.pth`), with the `BasePixelDecoder`
+  and 0 transformer-encoder layers of the released semantic-segmentation models. The architecture is read from the
+  weights' shapes; `--config` may name a JSON file of `MaskFormerConfig` fields to override (e.g. `id2label`,
+  `decoder_config.decoder_attention_heads`, which weights cannot reveal; default 8 as every released model).
+
+Key mapping of the original checkpoint (module paths of facebookresearch/MaskFormer and detectron2):
+
+| original key (module)                                                   | ours                                                        |
+|-------------------------------------------------------------------------|-------------------------------------------------------------|
+| `backbone.stem.conv1.weight` (detectron2 `resnet.BasicStem`)             | `backbone.embedder.embedder.convolution.weight`             |
+| `backbone.stem.conv1.norm.{weight,bias,running_mean,running_var}` (FrozenBN) | `backbone.embedder.embedder.normalization.*`            |
+| `backbone.res{s+2}.{b}.conv{j}.weight` (`BottleneckBlock` / `BasicBlock`) | `backbone.encoder.stages.{s}.layers.{b}.layer.{j-1}.convolution.weight` |
+| `backbone.res{s+2}.{b}.conv{j}.norm.*`                                   | `backbone.encoder.stages.{s}.layers.{b}.layer.{j-1}.normalization.*` |
+| `backbone.res{s+2}.{b}.shortcut.weight` / `.shortcut.norm.*`             | `backbone.encoder.stages.{s}.layers.{b}.shortcut.{convolution,normalization}.*` |
+| (FrozenBN has no counter)                                               | `...normalization.num_batches_tracked` = 0                   |
+| `backbone.patch_embed.proj.*` (`mask_former/modeling/backbone/swin.py` `PatchEmbed`) | `backbone.model.embeddings.patch_embeddings.projection.*` |
+| `backbone.patch_embed.norm.*`                                            | `backbone.model.embeddings.norm.*`                          |
+| `backbone.layers.{i}.blocks.{j}.norm1.*` / `.norm2.*` (`SwinTransformerBlock`) | `backbone.model.encoder.layers.{i}.blocks.{j}.layernorm_before.*` / `.layernorm_after.*` |
+| `backbone.layers.{i}.blocks.{j}.attn.qkv.{weight,bias}` ((3C, C), rows q, k, v) | `...blocks.{j}.attention.self.{query,key,value}.*` (split) |
+| `backbone.layers.{i}.blocks.{j}.attn.proj.*`                             | `...blocks.{j}.attention.output.dense.*`                    |
+| `backbone.layers.{i}.blocks.{j}.attn.relative_position_{bias_table,index}` | `...blocks.{j}.attention.self.relative_position_{bias_table,index}` |
+| `backbone.layers.{i}.blocks.{j}.mlp.fc1.*` / `.mlp.fc2.*`                | `...blocks.{j}.intermediate.dense.*` / `.output.dense.*`    |
+| `backbone.layers.{i}.downsample.{reduction,norm}.*` (`PatchMerging`)     | `backbone.model.encoder.layers.{i}.downsample.{reduction,norm}.*` |
+| `backbone.norm{i}.*` (per-output LayerNorm of `D2SwinTransformer`)       | `backbone.hidden_states_norms.{i}.*`                        |
+| (none; transformers' final Swin LayerNorm is not used by the backbone)   | `backbone.model.layernorm.*` = identity (1, 0)              |
+| `sem_seg_head.pixel_decoder.layer_{n}.weight` / `.norm.*` (`BasePixelDecoder`, n = #features) | `pixel_decoder.stem.conv.weight` / `.norm.*` |
+| `sem_seg_head.pixel_decoder.adapter_{k}.weight` / `.norm.*` (k < n)      | `pixel_decoder.lateral_convs.{n-1-k}.conv.weight` / `.norm.*` |
+| `sem_seg_head.pixel_decoder.layer_{k}.weight` / `.norm.*` (k < n)        | `pixel_decoder.output_convs.{n-1-k}.conv.weight` / `.norm.*` |
+| `sem_seg_head.pixel_decoder.mask_features.*`                             | `pixel_decoder.mask_projection.*`                           |
+| `sem_seg_head.predictor.query_embed.weight` (`TransformerPredictor`)     | `transformer_decoder.query_position_embeddings.weight`      |
+| `sem_seg_head.predictor.input_proj.*`                                    | `transformer_decoder.input_projection.*`                    |
+| `sem_seg_head.predictor.transformer.decoder.layers.{i}.self_attn.in_proj_{weight,bias}` (`nn.MultiheadAttention`, rows q, k, v) | `transformer_decoder.layers.{i}.self_attn.{q,k,v}_proj.*` (split) |
+| `...decoder.layers.{i}.self_attn.out_proj.*`                             | `transformer_decoder.layers.{i}.self_attn.o_proj.*`         |
+| `...decoder.layers.{i}.multihead_attn.in_proj_{weight,bias}` / `.out_proj.*` | `transformer_decoder.layers.{i}.encoder_attn.{q,k,v,o}_proj.*` |
+| `...decoder.layers.{i}.linear1.*` / `.linear2.*`                         | `transformer_decoder.layers.{i}.fc1.*` / `.fc2.*`           |
+| `...decoder.layers.{i}.norm1` / `norm2` / `norm3`                        | `transformer_decoder.layers.{i}.self_attn_layer_norm` / `encoder_attn_layer_norm` / `final_layer_norm` |
+| `sem_seg_head.predictor.transformer.decoder.norm.*`                      | `transformer_decoder.layernorm.*`                           |
+| `sem_seg_head.predictor.class_embed.*`                                   | `class_predictor.*`                                         |
+| `sem_seg_head.predictor.mask_embed.layers.{i}.*` (`MLP`)                 | `mask_embedder.layers.{i}.*`                                |
+| `criterion.empty_weight`, `pixel_mean`, `pixel_std`                      | dropped (loss / preprocessing constants)                    |
+
+Not supported (reported as unknown keys): the `TransformerEncoderPixelDecoder` (`pixel_decoder.transformer.*`, used by
+the COCO panoptic models), transformer-encoder layers in the predictor (`ENC_LAYERS > 0`) and the DeepLab stem of
+R101c (`backbone.stem.conv1_1`...). ResNet blocks are assumed to stride in the 3x3 convolution (MaskFormer's
+torchvision-initialised R50 / R101, `STRIDE_IN_1X1: False`).
+"""
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DetrConfig, MaskFormerSwinConfig, ResNetConfig
+
+from ..conversion_utils import ConversionError, load_checkpoint, load_state_dict_strict, rename_keys
+from .configuration_maskformer import MaskFormerConfig
+from .image_processing_maskformer import MaskFormerImageProcessor
+from .modeling_maskformer import MaskFormerForUniversalSegmentation
+
+# ----------------------------------------------------------------------------------------------------------------
+# transformers (facebook/maskformer-*) layout
+# ----------------------------------------------------------------------------------------------------------------
+
+_TRANSFORMERS_DECODER = r"model\.transformer_module\.decoder"
+TRANSFORMERS_RULES = [
+    (r"model\.pixel_level_module\.encoder\.(.+)", r"backbone.\1"),
+    (r"model\.pixel_level_module\.decoder\.fpn\.stem\.0\.weight", r"pixel_decoder.stem.conv.weight"),
+    (r"model\.pixel_level_module\.decoder\.fpn\.stem\.1\.(weight|bias)", r"pixel_decoder.stem.norm.\1"),
+    (r"model\.pixel_level_module\.decoder\.fpn\.layers\.(\d+)\.proj\.0\.weight", r"pixel_decoder.lateral_convs.\1.conv.weight"),
+    (r"model\.pixel_level_module\.decoder\.fpn\.layers\.(\d+)\.proj\.1\.(weight|bias)", r"pixel_decoder.lateral_convs.\1.norm.\2"),
+    (r"model\.pixel_level_module\.decoder\.fpn\.layers\.(\d+)\.block\.0\.weight", r"pixel_decoder.output_convs.\1.conv.weight"),
+    (r"model\.pixel_level_module\.decoder\.fpn\.layers\.(\d+)\.block\.1\.(weight|bias)", r"pixel_decoder.output_convs.\1.norm.\2"),
+    (r"model\.pixel_level_module\.decoder\.mask_projection\.(weight|bias)", r"pixel_decoder.mask_projection.\1"),
+    (r"model\.transformer_module\.queries_embedder\.weight", r"transformer_decoder.query_position_embeddings.weight"),
+    (r"model\.transformer_module\.input_projection\.(weight|bias)", r"transformer_decoder.input_projection.\1"),
+    (_TRANSFORMERS_DECODER + r"\.layers\.(\d+)\.(self_attn|encoder_attn)\.(q|k|v)_proj\.(weight|bias)",
+     r"transformer_decoder.layers.\1.\2.\3_proj.\4"),
+    (_TRANSFORMERS_DECODER + r"\.layers\.(\d+)\.(self_attn|encoder_attn)\.(?:out|o)_proj\.(weight|bias)",
+     r"transformer_decoder.layers.\1.\2.o_proj.\3"),
+    (_TRANSFORMERS_DECODER + r"\.layers\.(\d+)\.(?:mlp\.)?(fc1|fc2)\.(weight|bias)", r"transformer_decoder.layers.\1.\2.\3"),
+    (_TRANSFORMERS_DECODER + r"\.layers\.(\d+)\.(self_attn_layer_norm|encoder_attn_layer_norm|final_layer_norm)\.(weight|bias)",
+     r"transformer_decoder.layers.\1.\2.\3"),
+    (_TRANSFORMERS_DECODER + r"\.layernorm\.(weight|bias)", r"transformer_decoder.layernorm.\1"),
+    (r"class_predictor\.(weight|bias)", r"class_predictor.\1"),
+    (r"mask_embedder\.(\d+)\.0\.(weight|bias)", r"mask_embedder.layers.\1.\2"),
+]
+TRANSFORMERS_DROP = [r"criterion\.empty_weight"]
+
+# Fields of transformers' MaskFormerConfig that carry over unchanged.
+_TRANSFORMERS_CONFIG_FIELDS = (
+    "fpn_feature_size", "mask_feature_size", "no_object_weight", "cross_entropy_weight", "mask_weight", "dice_weight",
+    "init_std", "init_xavier_std", "id2label", "label2id",
+)
+
+
+def _read_transformers_state_dict(directory: Path, allow_unsafe_pickle: bool) -> dict[str, torch.Tensor]:
+    safetensors_file = directory / "model.safetensors"
+    if safetensors_file.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(safetensors_file))
+    bin_file = directory / "pytorch_model.bin"
+    if bin_file.is_file():
+        return load_checkpoint(bin_file, allow_unsafe_pickle=allow_unsafe_pickle)
+    raise ConversionError(
+        f"No model.safetensors or pytorch_model.bin in {str(directory)!r} (sharded checkpoints are not supported)."
+    )
+
+
+def config_from_transformers(config_dict: dict) -> MaskFormerConfig:
+    """Our config from the `config.json` dict of a transformers MaskFormer."""
+    if config_dict.get("model_type") != "maskformer":
+        raise ConversionError(
+            f"Expected a transformers MaskFormer config (model_type 'maskformer'), got {config_dict.get('model_type')!r}."
+        )
+    values = {field: config_dict[field] for field in _TRANSFORMERS_CONFIG_FIELDS if field in config_dict}
+    values["backbone_config"] = dict(config_dict["backbone_config"])
+    decoder = dict(config_dict["decoder_config"])
+    decoder.pop("backbone_config", None)
+    decoder["use_timm_backbone"] = False
+    values["decoder_config"] = DetrConfig(**{k: v for k, v in decoder.items() if k != "model_type"})
+    values["num_queries"] = decoder.get("num_queries", 100)
+    return MaskFormerConfig(**values)
+
+
+def convert_transformers_checkpoint(
+    directory: str | Path, allow_unsafe_pickle: bool = False
+) -> tuple[MaskFormerForUniversalSegmentation, MaskFormerImageProcessor]:
+    """Loads a directory saved by transformers' `MaskFormerForInstanceSegmentation` into our model (eval mode)."""
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ConversionError(f"{str(directory)!r} has no config.json; --source transformers expects a model directory.")
+    config = config_from_transformers(json.loads(config_file.read_text()))
+    state_dict = _read_transformers_state_dict(directory, allow_unsafe_pickle)
+    converted = rename_keys(state_dict, TRANSFORMERS_RULES, TRANSFORMERS_DROP, source_name="transformers checkpoint")
+    model = MaskFormerForUniversalSegmentation(config).eval()
+    load_state_dict_strict(model, converted)
+    processor = MaskFormerImageProcessor()
+    processor_file = directory / "preprocessor_config.json"
+    if processor_file.is_file():
+        values = json.loads(processor_file.read_text())
+        size = values.get("size")
+        if isinstance(size, dict) and "shortest_edge" in size:
+            processor = MaskFormerImageProcessor(
+                size={"shortest_edge": size["shortest_edge"], "longest_edge": size.get("longest_edge", 1333)},
+                image_mean=values.get("image_mean", processor.image_mean),
+                image_std=values.get("image_std", processor.image_std),
+                do_reduce_labels=bool(values.get("do_reduce_labels", False)),
+            )
+    return model, processor
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Original (detectron2) layout
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles detectron2's `.pkl` checkpoints (dicts of NumPy arrays) and refuses any other global."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only NumPy arrays are expected")
+
+
+def load_original_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The `model` state dict of an original checkpoint (`.pkl` of NumPy arrays or `.pth`), as tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"Checkpoint not found: {str(path)!r} does not exist or is not a file.")
+    if path.suffix == ".pkl":
+        try:
+            with path.open("rb") as handle:
+                checkpoint = _ArrayUnpickler(handle, encoding="latin1").load()
+        except Exception as error:
+            raise ConversionError(f"Could not read the detectron2 checkpoint {str(path)!r}: {error}") from error
+    else:
+        checkpoint = load_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f"{str(path)!r} does not hold a state dict (got {type(checkpoint).__name__}).")
+    state_dict = {}
+    for key, value in checkpoint.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(f"Entry {key!r} of {str(path)!r} is a {type(value).__name__}, not an array.")
+        state_dict[key] = value
+    return state_dict
+
+
+def _count(state_dict: dict, pattern: str) -> int:
+    regex = re.compile(pattern)
+    return len({match.group(1) for key in state_dict if (match := regex.fullmatch(key))})
+
+
+def config_from_original(state_dict: dict[str, torch.Tensor], overrides: dict | None = None) -> MaskFormerConfig:
+    """Infers the architecture of an original checkpoint from its weights' shapes; `overrides` (a dict of
+    `MaskFormerConfig` fields, `decoder_config` / `backbone_config` as dicts of fields to change) win."""
+    overrides = dict(overrides or {})
+    out_features = ["stage1", "stage2", "stage3", "stage4"]
+    if "backbone.patch_embed.proj.weight" in state_dict:
+        projection = state_dict["backbone.patch_embed.proj.weight"]
+        num_stages = _count(state_dict, r"backbone\.layers\.(\d+)\..*")
+        depths = [_count(state_dict, rf"backbone\.layers\.{i}\.blocks\.(\d+)\..*") for i in range(num_stages)]
+        num_heads = [
+            state_dict[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(num_stages)
+        ]
+        table_rows = state_dict["backbone.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+        window_size = (round(table_rows**0.5) + 1) // 2
+        embed_dim = projection.shape[0]
+        mlp_ratio = state_dict["backbone.layers.0.blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+        backbone = MaskFormerSwinConfig(
+            embed_dim=embed_dim, patch_size=projection.shape[-1], depths=depths, num_heads=num_heads,
+            window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias="backbone.layers.0.blocks.0.attn.qkv.bias" in state_dict,
+            drop_path_rate=0.3, out_features=out_features[:num_stages],
+        )
+    elif "backbone.stem.conv1.weight" in state_dict:
+        num_stages = _count(state_dict, r"backbone\.res(\d+)\..*")
+        depths = [_count(state_dict, rf"backbone\.res{s + 2}\.(\d+)\..*") for s in range(num_stages)]
+        bottleneck = "backbone.res2.0.conv3.weight" in state_dict
+        last_conv = "conv3" if bottleneck else "conv2"
+        backbone = ResNetConfig(
+            embedding_size=state_dict["backbone.stem.conv1.weight"].shape[0],
+            hidden_sizes=[state_dict[f"backbone.res{s + 2}.0.{last_conv}.weight"].shape[0] for s in range(num_stages)],
+            depths=depths, layer_type="bottleneck" if bottleneck else "basic", downsample_in_bottleneck=False,
+            out_features=out_features[:num_stages],
+        )
+    else:
+        raise ConversionError(
+            "Cannot recognise the backbone: the checkpoint has neither `backbone.patch_embed.proj.weight` (Swin) nor "
+            "`backbone.stem.conv1.weight` (ResNet with the basic stem)."
+        )
+    for key, value in overrides.pop("backbone_config", {}).items():
+        setattr(backbone, key, value)
+
+    prefix = "sem_seg_head.predictor."
+    try:
+        query_embed = state_dict[prefix + "query_embed.weight"]
+        num_classes = state_dict[prefix + "class_embed.weight"].shape[0] - 1
+        ffn_dim = state_dict[prefix + "transformer.decoder.layers.0.linear1.weight"].shape[0]
+        fpn_size = state_dict["sem_seg_head.pixel_decoder.mask_features.weight"].shape[1]
+        mask_size = state_dict["sem_seg_head.pixel_decoder.mask_features.weight"].shape[0]
+    except KeyError as error:
+        raise ConversionError(f"The checkpoint lacks {error.args[0]!r}; is it a MaskFormer checkpoint?") from error
+    decoder_values = {
+        "d_model": query_embed.shape[1],
+        "decoder_layers": _count(state_dict, re.escape(prefix) + r"transformer\.decoder\.layers\.(\d+)\..*"),
+        "decoder_attention_heads": 8,
+        "decoder_ffn_dim": ffn_dim,
+        "dropout": 0.1,
+        "activation_dropout": 0.1,
+        "num_queries": query_embed.shape[0],
+        "use_timm_backbone": False,
+    }
+    decoder_values.update(overrides.pop("decoder_config", {}))
+    values = {
+        "backbone_config": backbone,
+        "decoder_config": DetrConfig(**decoder_values),
+        "num_queries": decoder_values["num_queries"],
+        "num_labels": num_classes,
+        "fpn_feature_size": fpn_size,
+        "mask_feature_size": mask_size,
+    }
+    values.update(overrides)
+    if "id2label" in values:
+        values["id2label"] = {int(k): v for k, v in values["id2label"].items()}
+        values.setdefault("label2id", {v: k for k, v in values["id2label"].items()})
+        values.pop("num_labels")
+    config = MaskFormerConfig(**values)
+    if config.num_labels != num_classes:
+        raise ConversionError(
+            f"The checkpoint's class head predicts {num_classes} classes (+ no object) but the config has "
+            f"{config.num_labels} labels."
+        )
+    return config
+
+
+def _split_rows(names: tuple[str, ...]):
+    def split(match: re.Match, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        chunks = tensor.chunk(len(names), dim=0)
+        return {match.expand(name): chunk.clone() for name, chunk in zip(names, chunks)}
+
+    return split
+
+
+def original_rules(num_features: int) -> list[tuple[str, object]]:
+    """`rename_keys` rules of the original layout for a pixel decoder fed `num_features` backbone maps."""
+    n = num_features
+    pixel = r"sem_seg_head\.pixel_decoder\."
+    layer = r"sem_seg_head\.predictor\.transformer\.decoder\.layers\.(\d+)\."
+    swin = r"backbone\.layers\.(\d+)\.blocks\.(\d+)\."
+    ours_swin = r"backbone.model.encoder.layers.\1.blocks.\2."
+
+    def lateral(match: re.Match, tensor):
+        k = int(match.group(1))
+        kind = "lateral_convs" if match.group(0).startswith("sem_seg_head.pixel_decoder.adapter") else "output_convs"
+        if kind == "output_convs" and k == n:
+            target = "pixel_decoder.stem."
+        else:
+            target = f"pixel_decoder.{kind}.{n - 1 - k}."
+        suffix = "conv.weight" if match.group(2) == "weight" else f"norm.{match.group(2)[len('norm.'):]}"
+        return {target + suffix: tensor}
+
+    return [
+        # ResNet (detectron2)
+        (r"backbone\.stem\.conv1\.weight", r"backbone.embedder.embedder.convolution.weight"),
+        (r"backbone\.stem\.conv1\.norm\.(weight|bias|running_mean|running_var)", r"backbone.embedder.embedder.normalization.\1"),
+        (r"backbone\.res(\d+)\.(\d+)\.conv(\d)\.(weight|norm\.weight|norm\.bias|norm\.running_mean|norm\.running_var)",
+         lambda m, t: {
+             f"backbone.encoder.stages.{int(m.group(1)) - 2}.layers.{m.group(2)}.layer.{int(m.group(3)) - 1}."
+             + ("convolution.weight" if m.group(4) == "weight" else "normalization." + m.group(4)[5:]): t
+         }),
+        (r"backbone\.res(\d+)\.(\d+)\.shortcut\.(weight|norm\.weight|norm\.bias|norm\.running_mean|norm\.running_var)",
+         lambda m, t: {
+             f"backbone.encoder.stages.{int(m.group(1)) - 2}.layers.{m.group(2)}.shortcut."
+             + ("convolution.weight" if m.group(3) == "weight" else "normalization." + m.group(3)[5:]): t
+         }),
+        # Swin (mask_former/modeling/backbone/swin.py)
+        (r"backbone\.patch_embed\.proj\.(weight|bias)", r"backbone.model.embeddings.patch_embeddings.projection.\1"),
+        (r"backbone\.patch_embed\.norm\.(weight|bias)", r"backbone.model.embeddings.norm.\1"),
+        (swin + r"norm1\.(weight|bias)", ours_swin + r"layernorm_before.\3"),
+        (swin + r"norm2\.(weight|bias)", ours_swin + r"layernorm_after.\3"),
+        (swin + r"attn\.qkv\.(weight|bias)",
+         _split_rows(tuple(ours_swin + rf"attention.self.{p}.\3" for p in ("query", "key", "value")))),
+        (swin + r"attn\.proj\.(weight|bias)", ours_swin + r"attention.output.dense.\3"),
+        (swin + r"attn\.(relative_position_bias_table|relative_position_index)", ours_swin + r"attention.self.\3"),
+        (swin + r"mlp\.fc1\.(weight|bias)", ours_swin + r"intermediate.dense.\3"),
+        (swin + r"mlp\.fc2\.(weight|bias)", ours_swin + r"output.dense.\3"),
+        (r"backbone\.layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)",
+         r"backbone.model.encoder.layers.\1.downsample.\2"),
+        (r"backbone\.norm(\d+)\.(weight|bias)", r"backbone.hidden_states_norms.\1.\2"),
+        # Pixel decoder (BasePixelDecoder)
+        (pixel + r"(?:adapter|layer)_(\d+)\.(weight|norm\.weight|norm\.bias)", lateral),
+        (pixel + r"mask_features\.(weight|bias)", r"pixel_decoder.mask_projection.\1"),
+        # Transformer predictor
+        (r"sem_seg_head\.predictor\.query_embed\.weight", r"transformer_decoder.query_position_embeddings.weight"),
+        (r"sem_seg_head\.predictor\.input_proj\.(weight|bias)", r"transformer_decoder.input_projection.\1"),
+        (layer + r"self_attn\.in_proj_(weight|bias)",
+         _split_rows(tuple(rf"transformer_decoder.layers.\1.self_attn.{p}_proj.\2" for p in "qkv"))),
+        (layer + r"multihead_attn\.in_proj_(weight|bias)",
+         _split_rows(tuple(rf"transformer_decoder.layers.\1.encoder_attn.{p}_proj.\2" for p in "qkv"))),
+        (layer + r"self_attn\.out_proj\.(weight|bias)", r"transformer_decoder.layers.\1.self_attn.o_proj.\2"),
+        (layer + r"multihead_attn\.out_proj\.(weight|bias)", r"transformer_decoder.layers.\1.encoder_attn.o_proj.\2"),
+        (layer + r"linear1\.(weight|bias)", r"transformer_decoder.layers.\1.fc1.\2"),
+        (layer + r"linear2\.(weight|bias)", r"transformer_decoder.layers.\1.fc2.\2"),
+        (layer + r"norm1\.(weight|bias)", r"transformer_decoder.layers.\1.self_attn_layer_norm.\2"),
+        (layer + r"norm2\.(weight|bias)", r"transformer_decoder.layers.\1.encoder_attn_layer_norm.\2"),
+        (layer + r"norm3\.(weight|bias)", r"transformer_decoder.layers.\1.final_layer_norm.\2"),
+        (r"sem_seg_head\.predictor\.transformer\.decoder\.norm\.(weight|bias)", r"transformer_decoder.layernorm.\1"),
+        (r"sem_seg_head\.predictor\.class_embed\.(weight|bias)", r"class_predictor.\1"),
+        (r"sem_seg_head\.predictor\.mask_embed\.layers\.(\d+)\.(weight|bias)", r"mask_embedder.layers.\1.\2"),
+    ]
+
+
+# Model-card facts of the original release (the shared `model_card.ARCHITECTURES` entry for "maskformer").
+MODEL_CARD_INFO = {
+    "title": "MaskFormer",
+    "paper": "https://arxiv.org/abs/2107.06278",
+    "repository": "https://github.com/facebookresearch/MaskFormer",
+    "license": "cc-by-nc-4.0",
+    "bibtex": """@inproceedings{cheng2021maskformer,
+  title={Per-Pixel Classification is Not All You Need for Semantic Segmentation},
+  author={Cheng, Bowen and Schwing, Alexander G. and Kirillov, Alexander},
+  booktitle={NeurIPS},
+  year={2021}
+}""",
+}
+
+ORIGINAL_DROP = [r"criterion\.empty_weight", r"pixel_mean", r"pixel_std"]
+
+
+def convert_original_state_dict(
+    state_dict: dict[str, torch.Tensor], overrides: dict | None = None
+) -> MaskFormerForUniversalSegmentation:
+    """Our model (eval mode) holding the weights of an original MaskFormer state dict."""
+    config = config_from_original(state_dict, overrides)
+    model = MaskFormerForUniversalSegmentation(config).eval()
+    num_features = len(model.backbone.channels)
+    converted = rename_keys(state_dict, original_rules(num_features), ORIGINAL_DROP, source_name="original checkpoint")
+    expected = model.state_dict()
+    # Buffers and parameters the original does not store (see the module docstring table).
+    for key, value in expected.items():
+        if key in converted:
+            continue
+        if key.endswith("num_batches_tracked"):
+            converted[key] = torch.zeros_like(value)
+        elif key in ("backbone.model.layernorm.weight", "backbone.model.layernorm.bias"):
+            converted[key] = torch.ones_like(value) if key.endswith("weight") else torch.zeros_like(value)
+    load_state_dict_strict(model, converted)
+    return model
+
+
+def convert_original_checkpoint(
+    checkpoint: str | Path, config_path: str | Path | None = None, allow_unsafe_pickle: bool = False
+) -> tuple[MaskFormerForUniversalSegmentation, MaskFormerImageProcessor]:
+    """Loads an original detectron2 checkpoint (and optional JSON overrides) into our model and image processor."""
+    overrides = None
+    if config_path is not None:
+        config_path = Path(config_path)
+        if not config_path.is_file():
+            raise ConversionError(f"Config file not found: {str(config_path)!r}.")
+        try:
+            overrides = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConversionError(
+                f"--config for --source original must be a JSON file of MaskFormerConfig fields: {error}"
+            ) from error
+    state_dict = load_original_checkpoint(checkpoint, allow_unsafe_pickle)
+    model = convert_original_state_dict(state_dict, overrides)
+    return model, MaskFormerImageProcessor()
+
+
+__all__ = [
+    "MODEL_CARD_INFO",
+    "config_from_original",
+    "config_from_transformers",
+    "convert_original_checkpoint",
+    "convert_original_state_dict",
+    "convert_transformers_checkpoint",
+    "load_original_checkpoint",
+    "original_rules",
+]

@@ -1,0 +1,724 @@
+"""MaskFormer (arXiv 2107.06278): per-pixel embeddings from a backbone + FPN pixel decoder, N query embeddings from a
+DETR transformer decoder, and mask classification (a class and a mask embedding per query)."""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import load_backbone
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from ..layers import attention_interface
+from ..losses import check_semantic_labels
+from ..modeling_utils import SegmentationModelMixin, check_pixel_values
+from ..remote_code import RemoteCodeModelMixin
+from .configuration_maskformer import MaskFormerConfig
+
+
+@dataclass
+class MaskFormerForUniversalSegmentationOutput(ModelOutput):
+    r"""
+    Output of [`MaskFormerForUniversalSegmentation`]; a `SemanticSegmenterOutput` (loss, logits, hidden_states,
+    attentions) extended with the mask-classification outputs.
+
+    loss (`torch.FloatTensor`, *optional*): the Hungarian-matched training loss (CE + focal + dice, plus the same on
+        every intermediate decoder layer when `config.use_auxiliary_loss`), when labels were given.
+    logits (`torch.FloatTensor` of shape `(B, num_labels, h, w)`): semantic per-pixel scores at the mask resolution
+        (1/4 of the input): sum over queries of softmax class probability (without "no object") x sigmoid mask.
+    class_queries_logits (`torch.FloatTensor` of shape `(B, Q, num_labels + 1)`): class logits of every query, the
+        last class being "no object".
+    masks_queries_logits (`torch.FloatTensor` of shape `(B, Q, h, w)`): mask logits of every query.
+    auxiliary_outputs (`list[dict]`, *optional*): for decoder layers 1 .. L-1 (the last layer's predictions are the
+        main outputs), `{"class_queries_logits", "masks_queries_logits"}`; returned when auxiliary losses are
+        computed or `output_auxiliary_logits=True`.
+    encoder_last_hidden_state (`(B, C, h/8, w/8)`): the backbone's last feature map (1/32 of the input).
+    pixel_decoder_last_hidden_state (`(B, mask_feature_size, h, w)`): the per-pixel embeddings.
+    transformer_decoder_last_hidden_state (`(B, Q, d_model)`): the query embeddings after the final LayerNorm.
+    encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states (*optional*): the
+        backbone's feature maps, the FPN outputs (low to high resolution) and the LayerNorm-ed output of every
+        decoder layer, when `output_hidden_states=True`; `hidden_states` is their concatenation.
+    attentions, cross_attentions (*optional*): the decoder's self-attention (B, heads, Q, Q) and cross-attention
+        (B, heads, Q, h/32 * w/32) probabilities of every layer, when `output_attentions=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    class_queries_logits: torch.FloatTensor | None = None
+    masks_queries_logits: torch.FloatTensor | None = None
+    auxiliary_outputs: list[dict[str, torch.FloatTensor]] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
+    transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pixel decoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MaskFormerConvNormLayer(nn.Module):
+    """detectron2's `Conv2d(norm="GN", activation=relu)`: bias-free convolution, GroupNorm(32), optional ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, activation: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.GroupNorm(32, out_channels)
+        self.activation = nn.ReLU() if activation else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.norm(self.conv(hidden_states)))
+
+
+class MaskFormerPixelDecoder(nn.Module):
+    """The FPN pixel decoder (the original's `BasePixelDecoder`): top-down pathway from the lowest-resolution backbone
+    feature with nearest upsampling and 1x1 lateral connections, a 3x3 conv after every merge, and a final 3x3
+    projection to the per-pixel embeddings at the resolution of the first (1/4) feature map."""
+
+    def __init__(self, config: MaskFormerConfig, feature_channels: list[int]):
+        super().__init__()
+        size = config.fpn_feature_size
+        self.stem = MaskFormerConvNormLayer(feature_channels[-1], size, 3)
+        # top-down order: from the second lowest resolution to the highest
+        self.lateral_convs = nn.ModuleList(
+            MaskFormerConvNormLayer(channels, size, 1, activation=False) for channels in feature_channels[-2::-1]
+        )
+        self.output_convs = nn.ModuleList(MaskFormerConvNormLayer(size, size, 3) for _ in feature_channels[:-1])
+        self.mask_projection = nn.Conv2d(size, config.mask_feature_size, kernel_size=3, padding=1)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """features: backbone maps, highest resolution first. Returns the per-pixel embeddings
+        (B, mask_feature_size, H/4, W/4) and the FPN outputs (B, fpn_feature_size, ., .), low to high resolution."""
+        hidden_states = self.stem(features[-1])
+        fpn_outputs = (hidden_states,)
+        for lateral_conv, output_conv, feature in zip(self.lateral_convs, self.output_convs, features[-2::-1]):
+            lateral = lateral_conv(feature)
+            hidden_states = lateral + F.interpolate(hidden_states, size=lateral.shape[-2:], mode="nearest")
+            hidden_states = output_conv(hidden_states)
+            fpn_outputs += (hidden_states,)
+        return self.mask_projection(hidden_states), fpn_outputs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer decoder (DETR)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sine_position_embedding(
+    height: int, width: int, num_features: int, device, dtype, temperature: float = 10000.0
+) -> torch.Tensor:
+    """DETR's normalised sine position embedding of an unpadded (height, width) grid: (height * width, 2 *
+    num_features), y features first, channels alternating sin / cos."""
+    eps, scale = 1e-6, 2 * math.pi
+    y_embed = torch.arange(1, height + 1, device=device, dtype=torch.float32)
+    x_embed = torch.arange(1, width + 1, device=device, dtype=torch.float32)
+    y_embed = y_embed / (y_embed[-1:] + eps) * scale
+    x_embed = x_embed / (x_embed[-1:] + eps) * scale
+    dim_t = torch.arange(num_features, device=device, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_features)
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions[:, None] / dim_t
+        return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
+
+    pos_y = encode(y_embed)[:, None, :].expand(height, width, num_features)
+    pos_x = encode(x_embed)[None, :, :].expand(height, width, num_features)
+    return torch.cat((pos_y, pos_x), dim=-1).flatten(0, 1).to(dtype)
+
+
+class MaskFormerAttention(nn.Module):
+    """Multi-head attention with separate q/k/v/output projections; position embeddings are added to the query and
+    key inputs by the caller (DETR). Runs through transformers' attention interface."""
+
+    def __init__(self, config, hidden_size: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = dropout
+        self.is_causal = False
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """queries (B, Nq, C), keys / values (B, Nk, C) -> (B, Nq, C) and the probabilities (B, heads, Nq, Nk)."""
+        batch, num_queries, channels = queries.shape
+        query = self.q_proj(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(keys).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(values).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        attention = attention_interface(self.config, output_attentions)
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        output = self.o_proj(output.reshape(batch, num_queries, channels))
+        return output, (weights if output_attentions else None)
+
+
+class MaskFormerDecoderLayer(GradientCheckpointingLayer):
+    """Post-norm DETR decoder layer: self-attention among the queries, cross-attention to the image features,
+    feed-forward network; each followed by dropout, the residual and a LayerNorm."""
+
+    def __init__(self, config: MaskFormerConfig):
+        super().__init__()
+        decoder = config.decoder_config
+        width = decoder.d_model
+        heads = decoder.decoder_attention_heads
+        self.dropout = decoder.dropout
+        # the attention reads `_attn_implementation` from the top-level config, which the model sets
+        self.self_attn = MaskFormerAttention(config, width, heads, decoder.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(width)
+        self.encoder_attn = MaskFormerAttention(config, width, heads, decoder.attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, decoder.decoder_ffn_dim)
+        self.activation = ACT2FN[decoder.activation_function]
+        self.activation_dropout = decoder.activation_dropout
+        self.fc2 = nn.Linear(decoder.decoder_ffn_dim, width)
+        self.final_layer_norm = nn.LayerNorm(width)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        query_position_embeddings: torch.Tensor,
+        image_features: torch.Tensor,
+        image_keys: torch.Tensor,
+        output_attentions: bool = False,
+    ):
+        """hidden_states (B, Q, C); query_position_embeddings (1 or B, Q, C); image_features (B, h*w, C) are the
+        values of the cross-attention and `image_keys` (features + sine position embeddings) its keys."""
+        queries = hidden_states + query_position_embeddings
+        attended, self_weights = self.self_attn(queries, queries, hidden_states, output_attentions)
+        hidden_states = self.self_attn_layer_norm(
+            hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
+        )
+        attended, cross_weights = self.encoder_attn(
+            hidden_states + query_position_embeddings, image_keys, image_features, output_attentions
+        )
+        hidden_states = self.encoder_attn_layer_norm(
+            hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
+        )
+        feed_forward = F.dropout(self.activation(self.fc1(hidden_states)), p=self.activation_dropout,
+                                 training=self.training)
+        feed_forward = F.dropout(self.fc2(feed_forward), p=self.dropout, training=self.training)
+        hidden_states = self.final_layer_norm(hidden_states + feed_forward)
+        return hidden_states, self_weights, cross_weights
+
+
+class MaskFormerTransformerDecoder(nn.Module):
+    """The transformer decoder of the original `TransformerPredictor` (0 encoder layers): the backbone's last feature
+    map is projected to `d_model`, `num_queries` learned query position embeddings attend to it through the DETR
+    decoder, starting from zero targets. A shared LayerNorm normalises the output of every layer."""
+
+    def __init__(self, config: MaskFormerConfig, in_channels: int):
+        super().__init__()
+        decoder_config = config.decoder_config
+        width = decoder_config.d_model
+        self.input_projection = nn.Conv2d(in_channels, width, kernel_size=1) if in_channels != width else None
+        self.query_position_embeddings = nn.Embedding(config.num_queries, width)
+        self.layers = nn.ModuleList(MaskFormerDecoderLayer(config) for _ in range(decoder_config.decoder_layers))
+        self.layernorm = nn.LayerNorm(width)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, image_features: torch.Tensor, output_intermediate: bool = False, output_attentions: bool = False
+    ):
+        """image_features (B, C, h, w) -> queries (B, Q, d_model) after the final LayerNorm, the LayerNorm-ed output
+        of every layer (a tuple, when `output_intermediate`), self- and cross-attention probabilities."""
+        if self.input_projection is not None:
+            image_features = self.input_projection(image_features)
+        batch, width, height, feature_width = image_features.shape
+        position_embeddings = sine_position_embedding(
+            height, feature_width, width // 2, image_features.device, image_features.dtype
+        )
+        image_features = image_features.flatten(2).transpose(1, 2)
+        image_keys = image_features + position_embeddings
+        query_position_embeddings = self.query_position_embeddings.weight.unsqueeze(0)
+        hidden_states = torch.zeros(
+            batch, query_position_embeddings.shape[1], width, device=image_features.device, dtype=image_features.dtype
+        )
+        intermediate = () if output_intermediate else None
+        self_attentions = () if output_attentions else None
+        cross_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, query_position_embeddings, image_features, image_keys, output_attentions
+            )
+            if output_intermediate:
+                intermediate += (self.layernorm(hidden_states),)
+            if output_attentions:
+                self_attentions += (self_weights,)
+                cross_attentions += (cross_weights,)
+        last = intermediate[-1] if output_intermediate else self.layernorm(hidden_states)
+        return last, intermediate, self_attentions, cross_attentions
+
+
+class MaskFormerMLP(nn.Module):
+    """The mask-embedding MLP: Linear layers with ReLU between them (3 layers: 2 hidden layers of `hidden_size`)."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_layers: int = 3):
+        super().__init__()
+        sizes = [input_size] + [hidden_size] * (num_layers - 1) + [output_size]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states)
+            if index < len(self.layers) - 1:
+                hidden_states = F.relu(hidden_states)
+        return hidden_states
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss: Hungarian matching, cross-entropy (no-object weight), sigmoid focal and dice
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pairwise_sigmoid_focal_cost(
+    mask_logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Mean sigmoid focal loss of every prediction (Q, P) against every binary target (N, P): (Q, N)."""
+    probabilities = mask_logits.sigmoid()
+    focal_positive = alpha * (1 - probabilities) ** gamma * F.softplus(-mask_logits)
+    focal_negative = (1 - alpha) * probabilities**gamma * F.softplus(mask_logits)
+    cost = focal_positive @ targets.T + focal_negative @ (1 - targets).T
+    return cost / mask_logits.shape[1]
+
+
+def pairwise_dice_cost(mask_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice loss (with +1 smoothing) of every prediction (Q, P) against every binary target (N, P): (Q, N)."""
+    probabilities = mask_logits.sigmoid()
+    numerator = 2 * probabilities @ targets.T
+    denominator = probabilities.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def sigmoid_focal_loss(
+    mask_logits: torch.Tensor, targets: torch.Tensor, num_masks: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Sigmoid focal loss of matched (M, P) predictions / targets, averaged over pixels, summed over masks and
+    divided by `num_masks`."""
+    probabilities = mask_logits.sigmoid()
+    cross_entropy = F.binary_cross_entropy_with_logits(mask_logits, targets, reduction="none")
+    p_t = probabilities * targets + (1 - probabilities) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    loss = alpha_t * cross_entropy * (1 - p_t) ** gamma
+    return loss.mean(1).sum() / num_masks
+
+
+def dice_loss(mask_logits: torch.Tensor, targets: torch.Tensor, num_masks: torch.Tensor) -> torch.Tensor:
+    """Dice loss of matched (M, P) predictions / targets, summed over masks and divided by `num_masks`."""
+    probabilities = mask_logits.sigmoid()
+    numerator = 2 * (probabilities * targets).sum(-1)
+    denominator = probabilities.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+class MaskFormerHungarianMatcher(nn.Module):
+    """One-to-one assignment of queries to ground-truth segments minimising class cost (1 - probability, weight
+    `cost_class`) + focal mask cost (`cost_mask`) + dice cost (`cost_dice`), with the ground-truth masks
+    downsampled (nearest) to the prediction resolution; solved with `scipy.optimize.linear_sum_assignment`."""
+
+    def __init__(self, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0):
+        super().__init__()
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
+
+    @torch.no_grad()
+    def forward(
+        self,
+        masks_queries_logits: torch.Tensor,
+        class_queries_logits: torch.Tensor,
+        mask_labels: list[torch.Tensor],
+        class_labels: list[torch.Tensor],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Returns, per image, (query indices, target indices) of the matched pairs."""
+        indices = []
+        for mask_logits, class_logits, targets, classes in zip(
+            masks_queries_logits, class_queries_logits, mask_labels, class_labels
+        ):
+            if len(classes) == 0:
+                empty = torch.zeros(0, dtype=torch.int64)
+                indices.append((empty, empty))
+                continue
+            targets = F.interpolate(targets[:, None].to(mask_logits.dtype), size=mask_logits.shape[-2:], mode="nearest")
+            targets = targets[:, 0].flatten(1)
+            mask_logits = mask_logits.flatten(1)
+            cost = (
+                -self.cost_class * class_logits.softmax(-1)[:, classes]
+                + self.cost_mask * pairwise_sigmoid_focal_cost(mask_logits, targets)
+                + self.cost_dice * pairwise_dice_cost(mask_logits, targets)
+            )
+            # Non-finite costs (a diverging model) are matched last instead of crashing the solver.
+            maximum = torch.finfo(cost.dtype).max
+            cost = torch.nan_to_num(cost, nan=maximum, posinf=maximum, neginf=maximum)
+            query_indices, target_indices = linear_sum_assignment(cost.float().cpu().numpy())
+            indices.append((torch.as_tensor(query_indices, dtype=torch.int64),
+                            torch.as_tensor(target_indices, dtype=torch.int64)))
+        return indices
+
+
+class MaskFormerLoss(nn.Module):
+    """The set prediction loss of the original `SetCriterion`: after Hungarian matching, cross-entropy over the
+    classes of every query (unmatched queries are "no object", weighted `no_object_weight`), and sigmoid focal +
+    dice losses of the matched masks, the predictions upsampled (bilinear) to the ground-truth resolution. Mask
+    losses are normalised by the number of ground-truth segments in the batch (averaged over processes)."""
+
+    def __init__(self, config: MaskFormerConfig):
+        super().__init__()
+        self.num_labels = config.num_labels
+        self.matcher = MaskFormerHungarianMatcher(1.0, config.mask_weight, config.dice_weight)
+        self.weights = {
+            "loss_cross_entropy": config.cross_entropy_weight,
+            "loss_mask": config.mask_weight,
+            "loss_dice": config.dice_weight,
+        }
+        self.register_buffer("class_weights", self.default_class_weights(config), persistent=False)
+
+    @staticmethod
+    def default_class_weights(config: MaskFormerConfig) -> torch.Tensor:
+        """Cross-entropy class weights: 1 for every class, `no_object_weight` for "no object"."""
+        class_weights = torch.ones(config.num_labels + 1)
+        class_weights[-1] = config.no_object_weight
+        return class_weights
+
+    @staticmethod
+    def num_masks(class_labels: list[torch.Tensor], device) -> torch.Tensor:
+        num_masks = torch.tensor(float(sum(len(classes) for classes in class_labels)), device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_masks)
+            num_masks = num_masks / dist.get_world_size()
+        return num_masks.clamp(min=1)
+
+    def single_layer(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels, num_masks):
+        """The three unweighted losses of one decoder layer's predictions."""
+        indices = self.matcher(masks_queries_logits, class_queries_logits, mask_labels, class_labels)
+        batch_index = torch.cat([torch.full_like(queries, i) for i, (queries, _) in enumerate(indices)])
+        query_index = torch.cat([queries for queries, _ in indices])
+        device = class_queries_logits.device
+
+        target_classes = torch.full(class_queries_logits.shape[:2], self.num_labels, dtype=torch.int64, device=device)
+        target_classes[batch_index, query_index] = torch.cat(
+            [classes[targets.to(classes.device)] for classes, (_, targets) in zip(class_labels, indices)]
+        ).to(device)
+        loss_ce = F.cross_entropy(
+            class_queries_logits.transpose(1, 2), target_classes, weight=self.class_weights.to(class_queries_logits.dtype)
+        )
+
+        predicted = masks_queries_logits[batch_index, query_index]
+        targets = torch.cat([masks[targets.to(masks.device)] for masks, (_, targets) in zip(mask_labels, indices)])
+        targets = targets.to(device=device, dtype=predicted.dtype)
+        if predicted.shape[0] == 0:
+            # no ground-truth segment in the batch: only the "no object" classification is supervised
+            zero = masks_queries_logits.sum() * 0.0
+            return {"loss_cross_entropy": loss_ce, "loss_mask": zero, "loss_dice": zero}
+        predicted = F.interpolate(predicted[:, None], size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        predicted = predicted.flatten(1)
+        targets = targets.flatten(1)
+        return {
+            "loss_cross_entropy": loss_ce,
+            "loss_mask": sigmoid_focal_loss(predicted, targets, num_masks),
+            "loss_dice": dice_loss(predicted, targets, num_masks),
+        }
+
+    def forward(
+        self,
+        masks_queries_logits: torch.Tensor,
+        class_queries_logits: torch.Tensor,
+        mask_labels: list[torch.Tensor],
+        class_labels: list[torch.Tensor],
+        auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total loss and the weighted individual losses (`loss_dice`, `loss_mask_0`, ...)."""
+        num_masks = self.num_masks(class_labels, masks_queries_logits.device)
+        losses = self.single_layer(masks_queries_logits, class_queries_logits, mask_labels, class_labels, num_masks)
+        for index, auxiliary in enumerate(auxiliary_outputs or ()):
+            layer_losses = self.single_layer(
+                auxiliary["masks_queries_logits"], auxiliary["class_queries_logits"], mask_labels, class_labels,
+                num_masks,
+            )
+            losses.update({f"{name}_{index}": value for name, value in layer_losses.items()})
+        weighted = {name: value * self.weights[name.rsplit("_", 1)[0] if name[-1].isdigit() else name]
+                    for name, value in losses.items()}
+        return sum(weighted.values()), weighted
+
+
+def semantic_labels_to_masks(labels: torch.Tensor, ignore_index: int = 255):
+    """(B, H, W) semantic maps -> per image one binary mask (N_i, H, W) and class id (N_i,) per class present
+    (ignoring `ignore_index`), classes in increasing order."""
+    mask_labels, class_labels = [], []
+    for label_map in labels:
+        classes = torch.unique(label_map)
+        classes = classes[classes != ignore_index]
+        mask_labels.append((label_map[None] == classes[:, None, None]).float())
+        class_labels.append(classes.long())
+    return mask_labels, class_labels
+
+
+def semantic_scores(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor) -> torch.Tensor:
+    """Semantic per-pixel scores (B, K, h, w): sum over queries of softmax class probability (K real classes,
+    without "no object") times sigmoid mask probability (the original's `semantic_probabilistic_inference`)."""
+    classes = class_queries_logits.softmax(dim=-1)[..., :-1]
+    masks = masks_queries_logits.sigmoid()
+    return torch.einsum("bqc,bqhw->bchw", classes, masks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MaskFormerPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
+    config: MaskFormerConfig
+    base_model_prefix = "maskformer"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["MaskFormerDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The original's init: detectron2's c2_xavier_fill (kaiming-uniform, a=1, zero bias) for the pixel decoder
+        # and the input projection; Xavier-uniform weights in the DETR decoder; N(0, 1) query embeddings; PyTorch's
+        # default Linear init for the class head and mask MLP. The backbone keeps its own init.
+        xavier_gain = self.config.init_xavier_std
+        if isinstance(module, (MaskFormerPixelDecoder, MaskFormerTransformerDecoder)):
+            for conv in module.modules():
+                if isinstance(conv, nn.Conv2d):
+                    init.kaiming_uniform_(conv.weight, a=1)
+                    if conv.bias is not None:
+                        init.zeros_(conv.bias)
+            if isinstance(module, MaskFormerTransformerDecoder):
+                init.normal_(module.query_position_embeddings.weight, std=1.0)
+        elif isinstance(module, MaskFormerDecoderLayer):
+            for linear in module.modules():
+                if isinstance(linear, nn.Linear):
+                    init.xavier_uniform_(linear.weight, gain=xavier_gain)
+                    init.zeros_(linear.bias)
+        elif isinstance(module, MaskFormerLoss):
+            # a non-persistent buffer: from_pretrained materialises it empty, so it is set here
+            init.copy_(module.class_weights, module.default_class_weights(self.config))
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            # decoder-layer Linears are overwritten by the MaskFormerDecoderLayer branch (parents run last)
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.weight.shape[1])
+            init.uniform_(module.bias, -bound, bound)
+
+
+class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTrainedModel):
+    """MaskFormer for semantic, instance and panoptic segmentation.
+
+    Input: `pixel_values` (B, 3, H, W) of any size. Output (see [`MaskFormerForUniversalSegmentationOutput`]):
+    `class_queries_logits` (B, Q, K + 1), `masks_queries_logits` (B, Q, H/4, W/4) and the semantic `logits`
+    (B, K, H/4, W/4). `full_resolution_logits` / `hf_segmodels.infer_logits` give (B, K, H, W) scores the way the
+    original's semantic inference computes them.
+
+    Training: pass either `labels` (B, H, W) semantic maps (255 ignored; one binary target mask per class present)
+    or `mask_labels` (list of B (N_i, H, W) binary masks) + `class_labels` (list of B (N_i,) class ids) for instance
+    / panoptic training.
+    """
+
+    def __init__(self, config: MaskFormerConfig):
+        super().__init__(config)
+        self.backbone = load_backbone(config)
+        channels = list(self.backbone.channels)
+        self.pixel_decoder = MaskFormerPixelDecoder(config, channels)
+        self.transformer_decoder = MaskFormerTransformerDecoder(config, channels[-1])
+        width = config.decoder_config.d_model
+        self.class_predictor = nn.Linear(width, config.num_labels + 1)
+        self.mask_embedder = MaskFormerMLP(width, width, config.mask_feature_size)
+        self.criterion = MaskFormerLoss(config)
+        self.post_init()
+
+    def _check_targets(self, pixel_values, labels, mask_labels, class_labels):
+        size = tuple(pixel_values.shape[-2:])
+        batch = pixel_values.shape[0]
+        if labels is not None:
+            if mask_labels is not None or class_labels is not None:
+                raise ValueError("Pass either `labels` (semantic maps) or `mask_labels` + `class_labels`, not both.")
+            check_semantic_labels(labels, self.config.num_labels)
+            if labels.shape[0] != batch or tuple(labels.shape[-2:]) != size:
+                raise ValueError(
+                    f"`labels` of shape {tuple(labels.shape)} do not match `pixel_values` of shape "
+                    f"{tuple(pixel_values.shape)}; expected ({batch}, {size[0]}, {size[1]})."
+                )
+            return semantic_labels_to_masks(labels)
+        if (mask_labels is None) != (class_labels is None):
+            raise ValueError("`mask_labels` and `class_labels` must be given together.")
+        if mask_labels is None:
+            return None, None
+        if len(mask_labels) != batch or len(class_labels) != batch:
+            raise ValueError(
+                f"Got {len(mask_labels)} `mask_labels` and {len(class_labels)} `class_labels` entries for a batch of "
+                f"{batch} images; pass one of each per image."
+            )
+        for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
+            if masks.dim() != 3 or tuple(masks.shape[-2:]) != size:
+                raise ValueError(
+                    f"`mask_labels[{index}]` must have shape (num_segments, {size[0]}, {size[1]}) like `pixel_values`, "
+                    f"got {tuple(masks.shape)}."
+                )
+            if classes.dim() != 1 or classes.shape[0] != masks.shape[0]:
+                raise ValueError(
+                    f"`mask_labels[{index}]` holds {masks.shape[0]} masks but `class_labels[{index}]` has shape "
+                    f"{tuple(classes.shape)}; there must be one class id per mask."
+                )
+            if classes.is_floating_point():
+                raise ValueError(f"`class_labels[{index}]` must hold integer class ids, got dtype {classes.dtype}.")
+            invalid = (classes < 0) | (classes >= self.config.num_labels)
+            if invalid.any():
+                raise ValueError(
+                    f"`class_labels[{index}]` contains class ids {sorted(set(classes[invalid].tolist()))} outside "
+                    f"[0, {self.config.num_labels}) (num_labels={self.config.num_labels})."
+                )
+        return list(mask_labels), [classes.long() for classes in class_labels]
+
+    def _predict(self, decoder_states: torch.Tensor, pixel_embeddings: torch.Tensor):
+        """decoder_states (..., B, Q, C), pixel_embeddings (B, C', h, w) -> class logits (..., B, Q, K + 1) and mask
+        logits (..., B, Q, h, w)."""
+        class_logits = self.class_predictor(decoder_states)
+        mask_embeddings = self.mask_embedder(decoder_states)
+        batch, channels = pixel_embeddings.shape[:2]
+        # one (Q, C') x (C', h*w) product per image
+        masks = torch.matmul(mask_embeddings, pixel_embeddings.reshape(batch, channels, -1))
+        return class_logits, masks.unflatten(-1, pixel_embeddings.shape[-2:])
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        labels: torch.LongTensor | None = None,
+        mask_labels: list[torch.Tensor] | None = None,
+        class_labels: list[torch.Tensor] | None = None,
+        output_auxiliary_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskFormerForUniversalSegmentationOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): normalised images of any size.
+        labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*): semantic class ids in `[0, num_labels)`, 255
+            ignored; converted to one binary mask per class present in each image.
+        mask_labels (`list[torch.Tensor]`, *optional*): per image, (N_i, H, W) binary masks of the ground-truth
+            segments (instances or stuff regions). With `class_labels`: per image (N_i,) class ids.
+        output_auxiliary_logits (`bool`, *optional*): also return the predictions of the intermediate layers.
+        `pixel_mask` (from transformers' MaskFormer processor) is accepted and ignored: the original runs on the
+        zero-padded batch without a mask.
+        """
+        check_pixel_values(pixel_values, self.config.backbone_config.num_channels)
+        unexpected = set(kwargs) - {"pixel_mask"}
+        if unexpected:
+            raise TypeError(f"MaskFormerForUniversalSegmentation.forward() got unexpected arguments {sorted(unexpected)}.")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
+        mask_labels, class_labels = self._check_targets(pixel_values, labels, mask_labels, class_labels)
+        compute_loss = mask_labels is not None
+        auxiliary = output_auxiliary_logits or (compute_loss and self.config.use_auxiliary_loss)
+
+        features = list(self.backbone(pixel_values).feature_maps)
+        pixel_embeddings, fpn_outputs = self.pixel_decoder(features)
+        queries, intermediate, self_attentions, cross_attentions = self.transformer_decoder(
+            features[-1], output_intermediate=auxiliary or output_hidden_states, output_attentions=output_attentions
+        )
+
+        auxiliary_outputs = None
+        if auxiliary:
+            class_logits, mask_logits = self._predict(torch.stack(intermediate), pixel_embeddings)
+            class_queries_logits, masks_queries_logits = class_logits[-1], mask_logits[-1]
+            auxiliary_outputs = [
+                {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], mask_logits[:-1])
+            ]
+        else:
+            class_queries_logits, masks_queries_logits = self._predict(queries, pixel_embeddings)
+        logits = semantic_scores(class_queries_logits, masks_queries_logits)
+
+        loss = None
+        if compute_loss:
+            loss, _ = self.criterion(
+                masks_queries_logits,
+                class_queries_logits,
+                mask_labels,
+                class_labels,
+                auxiliary_outputs if self.config.use_auxiliary_loss else None,
+            )
+        if not output_auxiliary_logits and not (compute_loss and self.config.use_auxiliary_loss):
+            auxiliary_outputs = None
+
+        encoder_hidden_states = pixel_decoder_hidden_states = transformer_decoder_hidden_states = hidden_states = None
+        if output_hidden_states:
+            encoder_hidden_states = tuple(features)
+            pixel_decoder_hidden_states = fpn_outputs
+            transformer_decoder_hidden_states = intermediate
+            hidden_states = encoder_hidden_states + pixel_decoder_hidden_states + transformer_decoder_hidden_states
+        output = MaskFormerForUniversalSegmentationOutput(
+            loss=loss,
+            logits=logits,
+            class_queries_logits=class_queries_logits,
+            masks_queries_logits=masks_queries_logits,
+            auxiliary_outputs=auxiliary_outputs,
+            encoder_last_hidden_state=features[-1],
+            pixel_decoder_last_hidden_state=pixel_embeddings,
+            transformer_decoder_last_hidden_state=queries,
+            encoder_hidden_states=encoder_hidden_states,
+            pixel_decoder_hidden_states=pixel_decoder_hidden_states,
+            transformer_decoder_hidden_states=transformer_decoder_hidden_states,
+            hidden_states=hidden_states,
+            attentions=self_attentions,
+            cross_attentions=cross_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def full_resolution_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_labels, H, W), the original's semantic inference: the image is zero-padded to a
+        multiple of `config.size_divisibility`, the mask logits are upsampled (bilinear) to the padded size and
+        cropped to (H, W), then combined with the class probabilities."""
+        height, width = pixel_values.shape[-2:]
+        divisor = self.config.size_divisibility
+        if divisor > 1:
+            pad_h, pad_w = (-height) % divisor, (-width) % divisor
+            if pad_h or pad_w:
+                pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+        outputs = self(pixel_values=pixel_values)
+        masks = F.interpolate(
+            outputs.masks_queries_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
+        )[..., :height, :width]
+        return semantic_scores(outputs.class_queries_logits, masks)
+
+
+__all__ = ["MaskFormerForUniversalSegmentation", "MaskFormerPreTrainedModel"]

@@ -1,0 +1,251 @@
+"""MaskFormer: identity with transformers' MaskFormer on identical weights, loss, targets, errors, Auto API."""
+
+import math
+
+import pytest
+import torch
+from test_maskformer_utils import NUM_LABELS, STAGES, tiny_backbone, tiny_decoder, tiny_transformers_model
+from transformers import AutoModelForInstanceSegmentation, AutoModelForSemanticSegmentation
+from transformers import AutoModelForUniversalSegmentation
+
+import hf_segmodels
+from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, infer_logits
+from hf_segmodels.maskformer.convert_maskformer import convert_transformers_checkpoint
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", params=["resnet", "swin"])
+def pair(request, tmp_path_factory):
+    """(transformers model, our model converted with the CLI from its saved directory), both in eval mode."""
+    from conversion_scripts.convert_maskformer import main
+
+    reference = tiny_transformers_model(request.param)
+    source = tmp_path_factory.mktemp(f"hf_{request.param}")
+    reference.save_pretrained(source)
+    output = tmp_path_factory.mktemp(f"ours_{request.param}") / "converted"
+    main(["--source", "transformers", "--checkpoint", str(source), "--output_dir", str(output)])
+    ours = AutoModelForUniversalSegmentation.from_pretrained(output).eval()
+    return reference, ours
+
+
+def random_targets(batch, height, width, generator):
+    mask_labels, class_labels = [], []
+    for count in (3, 1, 2)[:batch]:
+        ids = torch.randint(0, count + 1, (height, width), generator=generator)
+        mask_labels.append(torch.stack([(ids == i).float() for i in range(count)]))
+        class_labels.append(torch.randperm(NUM_LABELS, generator=generator)[:count])
+    return mask_labels, class_labels
+
+
+def test_outputs_equal_transformers(pair):
+    reference, ours = pair
+    pixel_values = torch.randn(2, 3, 70, 90)
+    with torch.no_grad():
+        expected = reference(pixel_values=pixel_values)
+        actual = ours(pixel_values=pixel_values)
+    assert isinstance(ours, MaskFormerForUniversalSegmentation)
+    assert actual.class_queries_logits.shape == (2, 8, NUM_LABELS + 1)
+    assert actual.masks_queries_logits.shape == expected.masks_queries_logits.shape == (2, 8, 18, 23)
+    torch.testing.assert_close(actual.class_queries_logits, expected.class_queries_logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(actual.masks_queries_logits, expected.masks_queries_logits, atol=1e-4, rtol=0)
+    # logits: sum over queries of class probability (without "no object") x mask probability
+    semantic = torch.einsum(
+        "bqc,bqhw->bchw", expected.class_queries_logits.softmax(-1)[..., :-1], expected.masks_queries_logits.sigmoid()
+    )
+    assert actual.logits.shape == (2, NUM_LABELS, 18, 23)
+    torch.testing.assert_close(actual.logits, semantic, atol=1e-4, rtol=0)
+
+
+def test_loss_equals_transformers(pair):
+    reference, ours = pair
+    generator = torch.Generator().manual_seed(3)
+    pixel_values = torch.randn(2, 3, 64, 64, generator=generator)
+    mask_labels, class_labels = random_targets(2, 64, 64, generator)
+    ours.config.use_auxiliary_loss = False
+    try:
+        with torch.no_grad():
+            expected = reference(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
+            actual = ours(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
+    finally:
+        ours.config.use_auxiliary_loss = True
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=0)
+
+
+def test_auxiliary_loss_is_the_loss_of_every_decoder_layer(pair):
+    # transformers' own auxiliary path skips the decoder LayerNorm, unlike the original; its criterion is used as an
+    # independent reference on our per-layer predictions instead.
+    reference, ours = pair
+    generator = torch.Generator().manual_seed(4)
+    pixel_values = torch.randn(2, 3, 64, 64, generator=generator)
+    mask_labels, class_labels = random_targets(2, 64, 64, generator)
+    with torch.no_grad():
+        outputs = ours(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels)
+    assert len(outputs.auxiliary_outputs) == ours.config.decoder_config.decoder_layers - 1
+    layers = outputs.auxiliary_outputs + [
+        {"class_queries_logits": outputs.class_queries_logits, "masks_queries_logits": outputs.masks_queries_logits}
+    ]
+    expected = 0
+    for layer in layers:
+        losses = reference.criterion(
+            layer["masks_queries_logits"], layer["class_queries_logits"], mask_labels, class_labels
+        )
+        expected += losses["loss_cross_entropy"] + 20 * losses["loss_mask"] + losses["loss_dice"]
+    torch.testing.assert_close(outputs.loss, expected, rtol=1e-4, atol=0)
+    # the last layer's predictions are the main outputs
+    with torch.no_grad():
+        plain = ours(pixel_values=pixel_values)
+    torch.testing.assert_close(plain.class_queries_logits, outputs.class_queries_logits)
+
+
+def test_semantic_labels_give_the_loss_of_their_class_masks(pair):
+    from transformers import MaskFormerImageProcessorPil
+
+    _, ours = pair
+    generator = torch.Generator().manual_seed(5)
+    pixel_values = torch.randn(2, 3, 32, 48, generator=generator)
+    labels = torch.randint(0, NUM_LABELS, (2, 32, 48), generator=generator)
+    labels[0, :10] = 255
+    labels[1, labels[1] == 2] = 255
+    # transformers' processor turns the same maps into per-class masks
+    processor = MaskFormerImageProcessorPil(do_resize=False, do_rescale=False, do_normalize=False, ignore_index=255)
+    encoded = processor(
+        [torch.zeros(3, 32, 48)] * 2, segmentation_maps=[m.numpy() for m in labels], return_tensors="pt"
+    )
+    with torch.no_grad():
+        from_labels = ours(pixel_values=pixel_values, labels=labels).loss
+        from_masks = ours(
+            pixel_values=pixel_values, mask_labels=encoded["mask_labels"], class_labels=encoded["class_labels"]
+        ).loss
+    torch.testing.assert_close(from_labels, from_masks, rtol=1e-6, atol=1e-6)
+
+
+def test_unannotated_image_gives_a_finite_no_object_loss(pair):
+    _, ours = pair
+    ours.train()
+    try:
+        pixel_values = torch.randn(2, 3, 32, 32)
+        labels = torch.full((2, 32, 32), 255)
+        outputs = ours(pixel_values=pixel_values, labels=labels)
+        assert torch.isfinite(outputs.loss) and outputs.loss > 0
+        outputs.loss.backward()
+        assert ours.class_predictor.weight.grad is not None and torch.isfinite(ours.class_predictor.weight.grad).all()
+        # one annotated, one empty image
+        labels[0, :5] = 1
+        assert torch.isfinite(ours(pixel_values=pixel_values, labels=labels).loss)
+    finally:
+        ours.zero_grad()
+        ours.eval()
+
+
+def test_bad_targets_raise_clear_errors(pair):
+    _, ours = pair
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"class ids \[7, 9\]"):
+        labels = torch.zeros(1, 32, 32, dtype=torch.long)
+        labels[0, 0, :2] = torch.tensor([7, 9])
+        ours(pixel_values=pixel_values, labels=labels)
+    with pytest.raises(ValueError, match="holds 2 masks but `class_labels\\[0\\]` has shape \\(3,\\)"):
+        ours(pixel_values=pixel_values, mask_labels=[torch.zeros(2, 32, 32)], class_labels=[torch.tensor([0, 1, 2])])
+    with pytest.raises(ValueError, match="together"):
+        ours(pixel_values=pixel_values, mask_labels=[torch.zeros(2, 32, 32)])
+    with pytest.raises(ValueError, match="not both"):
+        ours(pixel_values=pixel_values, labels=torch.zeros(1, 32, 32, dtype=torch.long),
+             mask_labels=[torch.zeros(1, 32, 32)], class_labels=[torch.tensor([0])])
+    with pytest.raises(ValueError, match=r"class ids \[5\]"):
+        ours(pixel_values=pixel_values, mask_labels=[torch.zeros(1, 32, 32)], class_labels=[torch.tensor([5])])
+    with pytest.raises(ValueError, match="for a batch of 1"):
+        ours(pixel_values=pixel_values, mask_labels=[torch.zeros(1, 32, 32)] * 2, class_labels=[torch.tensor([0])] * 2)
+    with pytest.raises(ValueError, match=r"\(num_segments, 32, 32\)"):
+        ours(pixel_values=pixel_values, mask_labels=[torch.zeros(1, 16, 16)], class_labels=[torch.tensor([0])])
+    with pytest.raises(ValueError, match="3 channels"):
+        ours(pixel_values=torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="4 dimensions|dimensions"):
+        ours(pixel_values=torch.randn(3, 32, 32))
+
+
+def tiny_config(**kwargs):
+    return MaskFormerConfig(
+        backbone_config=tiny_backbone("resnet"), decoder_config=tiny_decoder(), fpn_feature_size=32,
+        mask_feature_size=32, num_labels=NUM_LABELS, **kwargs,
+    )
+
+
+def test_sdpa_and_eager_agree_and_attentions():
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        # (the ResNet backbone has no attention, so only the top-level implementation is switched)
+        model.config._attn_implementation = "sdpa"
+        sdpa = model(pixel_values=pixel_values)
+        model.config._attn_implementation = "eager"
+        eager = model(pixel_values=pixel_values, output_attentions=True, output_hidden_states=True)
+    torch.testing.assert_close(sdpa.masks_queries_logits, eager.masks_queries_logits, atol=1e-5, rtol=1e-5)
+    assert len(eager.attentions) == 3 and eager.attentions[0].shape == (1, 4, 8, 8)
+    assert eager.cross_attentions[0].shape == (1, 4, 8, 2 * 2)
+    assert len(eager.transformer_decoder_hidden_states) == 3
+    assert [h.shape[1] for h in eager.encoder_hidden_states] == [16, 32, 48, 64]
+    assert eager.pixel_decoder_last_hidden_state.shape == (1, 32, 16, 16)
+
+
+def test_config_defaults_are_the_papers():
+    config = MaskFormerConfig()
+    assert config.num_queries == 100 and config.decoder_config.num_queries == 100
+    decoder = config.decoder_config
+    assert (decoder.d_model, decoder.decoder_layers, decoder.decoder_attention_heads, decoder.decoder_ffn_dim) == (
+        256, 6, 8, 2048)
+    assert (config.fpn_feature_size, config.mask_feature_size, config.no_object_weight) == (256, 256, 0.1)
+    assert (config.mask_weight, config.dice_weight, config.cross_entropy_weight) == (20.0, 1.0, 1.0)
+    assert config.use_auxiliary_loss and config.model_type == "segmodels_maskformer"
+    assert config.backbone_config.model_type == "maskformer-swin"
+    # a plain Swin config becomes the original's padded Swin; a single output stage is widened to all stages
+    swin = MaskFormerConfig(backbone_config=tiny_backbone("swin"))
+    assert swin.backbone_config.model_type == "maskformer-swin"
+    from transformers import ResNetConfig
+
+    assert MaskFormerConfig(backbone_config=ResNetConfig()).backbone_config.out_features == STAGES
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    with pytest.raises(StrictDataclassClassValidationError, match="multiple of 32"):
+        MaskFormerConfig(fpn_feature_size=48)
+
+
+def test_save_load_auto_classes_and_infer_logits(tmp_path):
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config(id2label={i: f"c{i}" for i in range(NUM_LABELS)})).eval()
+    model.save_pretrained(tmp_path)
+    pixel_values = torch.randn(1, 3, 50, 70)
+    for auto in (AutoModelForUniversalSegmentation, AutoModelForInstanceSegmentation, AutoModelForSemanticSegmentation):
+        loaded = auto.from_pretrained(tmp_path).eval()
+        assert type(loaded) is MaskFormerForUniversalSegmentation
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixel_values).logits, model(pixel_values=pixel_values).logits)
+        scores = infer_logits(loaded, pixel_values)
+        # the original pads to a multiple of 32, upsamples the mask logits to the padded size and crops
+        padded = torch.nn.functional.pad(pixel_values, (0, 26, 0, 14))
+        outputs = loaded(pixel_values=padded)
+        masks = torch.nn.functional.interpolate(outputs.masks_queries_logits, size=(64, 96), mode="bilinear")
+        expected = torch.einsum("bqc,bqhw->bchw", outputs.class_queries_logits.softmax(-1)[..., :-1],
+                                masks[..., :50, :70].sigmoid())
+    assert scores.shape == (1, NUM_LABELS, 50, 70)
+    torch.testing.assert_close(scores, expected)
+    sliding = infer_logits(loaded, pixel_values, window=(32, 32), stride=(24, 24), flip=True)
+    assert sliding.shape == (1, NUM_LABELS, 50, 70) and torch.isfinite(sliding).all()
+
+
+def test_gradient_checkpointing_gives_the_same_loss():
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config()).train()
+    for module in model.modules():
+        for name in ("dropout", "activation_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, NUM_LABELS, (2, 64, 64))
+    plain = model(pixel_values=pixel_values, labels=labels).loss
+    model.gradient_checkpointing_enable()
+    checkpointed = model(pixel_values=pixel_values, labels=labels).loss
+    checkpointed.backward()
+    torch.testing.assert_close(plain, checkpointed)
+    assert math.isfinite(checkpointed.item())
