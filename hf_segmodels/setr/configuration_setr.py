@@ -70,8 +70,9 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             position embeddings cover `image_size // patch_size` and are resized bilinearly for other inputs, as
             mmsegmentation does (the original code only accepts inputs of exactly `image_size`).
         drop_path_rate (`float`): stochastic depth of the encoder (0 in every released config).
-        use_cls_token (`bool`): whether the cls token goes through the transformer (naive / PUP). SETR-MLA drops it
-            right after adding the position embeddings, which is the same as having none (`False`).
+        use_cls_token (`bool`, *optional*): whether the cls token goes through the transformer (default: yes for
+            naive / PUP). SETR-MLA drops it right after adding the position embeddings, which is the same as having
+            none (the default for "mla").
         patch_embeddings_bias (`bool`): bias of the patch-embedding conv (original: yes, mmsegmentation: no).
         position_embedding_interpolation (`str`): "bilinear" (SETR) or "bicubic".
         decoder_type (`str`): "naive", "pup" or "mla".
@@ -131,7 +132,7 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     patch_size: int = 16
     num_channels: int = 3
     qkv_bias: bool = True
-    use_cls_token: bool = True
+    use_cls_token: bool | None = None
     patch_embeddings_bias: bool = False
     position_embedding_interpolation: str = "bilinear"
     decoder_type: str = "pup"
@@ -166,6 +167,8 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.use_cls_token is None:
+            self.use_cls_token = self.decoder_type != "mla"
         if self.decoder_layer_index is None:
             self.decoder_layer_index = self.num_hidden_layers - 1
         if self.mla_layer_indices is None and self.decoder_type == "mla":

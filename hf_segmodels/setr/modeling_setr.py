@@ -23,13 +23,21 @@ def _upsample(hidden_states: torch.Tensor, scale: int, align_corners: bool = Fal
     return F.interpolate(hidden_states, size=size, mode="bilinear", align_corners=align_corners)
 
 
+class HeadConv2d(nn.Conv2d):
+    """A decoder conv followed by BatchNorm (Kaiming-normal initialised, as mmsegmentation's `ConvModule`)."""
+
+
+class ClassifierConv2d(nn.Conv2d):
+    """A head's per-pixel classifier (N(0, 0.01) initialised, as mmsegmentation's `conv_seg`)."""
+
+
 class ConvBatchNormReLU(nn.Sequential):
     """k x k conv (stride 1, "same" padding) -> BatchNorm -> ReLU. The released models were trained with SyncBN;
     `nn.SyncBatchNorm.convert_sync_batchnorm` turns these into synchronised ones for multi-GPU training."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.conv = HeadConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
         self.norm = nn.BatchNorm2d(out_channels)
         self.activation = nn.ReLU()
 
@@ -63,7 +71,7 @@ class ProgressiveUpsamplingHead(nn.Module):
             for i in range(num_convs)
         )
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(hidden_size, config.num_labels, kernel_size=1)
+        self.classifier = ClassifierConv2d(hidden_size, config.num_labels, kernel_size=1)
 
     def forward(self, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """patch_tokens (B, h * w, hidden_size) -> logits (B, num_labels, h * up_scale^num_convs, w * ...)."""
@@ -126,7 +134,7 @@ class MultiLevelFeatureAggregationHead(nn.Module):
         )
         self.dropout = nn.Dropout2d(config.decoder_dropout)
         kernel_size = config.mla_classifier_kernel_size
-        self.classifier = nn.Conv2d(
+        self.classifier = ClassifierConv2d(
             len(config.mla_layer_indices) * config.mla_head_hidden_size,
             config.num_labels,
             kernel_size=kernel_size,
@@ -147,7 +155,7 @@ class MlaAuxiliaryHead(nn.Module):
     def __init__(self, config: SetrConfig):
         super().__init__()
         self.dropout = nn.Dropout2d(config.auxiliary_dropout)
-        self.classifier = nn.Conv2d(
+        self.classifier = ClassifierConv2d(
             config.mla_hidden_size, config.num_labels, kernel_size=1, bias=config.auxiliary_classifier_bias
         )
 
@@ -172,21 +180,21 @@ class SetrPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
         # Encoder: the ViT initialisation (trunc-normal 0.02, zero biases, unit LayerNorms) that pretrained ViT / DeiT
         # weights then replace. Heads as mmsegmentation initialises them: Kaiming-normal (fan_out, ReLU) convs before
         # BatchNorm, unit BatchNorms, classifiers N(0, 0.01) with zero bias.
-        init_vit_weights(module, self.config.initializer_range)
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, (HeadConv2d, ClassifierConv2d)):
+            if isinstance(module, HeadConv2d):
+                init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
             init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, ConvBatchNormReLU):
-            init.kaiming_normal_(module.conv.weight, mode="fan_out", nonlinearity="relu")
-            if module.conv.bias is not None:
-                init.zeros_(module.conv.bias)
-        elif isinstance(module, (ProgressiveUpsamplingHead, MultiLevelFeatureAggregationHead, MlaAuxiliaryHead)):
-            init.normal_(module.classifier.weight, std=0.01)
-            if module.classifier.bias is not None:
-                init.zeros_(module.classifier.bias)
+        else:
+            init_vit_weights(module, self.config.initializer_range)
 
 
 class SetrForSemanticSegmentation(SegmentationModelMixin, SetrPreTrainedModel):
