@@ -28,6 +28,18 @@ ARCHITECTURES = {
   year={2021}
 }""",
     },
+    "segformer": {
+        "title": "SegFormer",
+        "paper": "https://arxiv.org/abs/2105.15203",
+        "repository": "https://github.com/NVlabs/SegFormer",
+        "license": "other",
+        "bibtex": """@inproceedings{xie2021segformer,
+  title={SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers},
+  author={Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, Anima and Alvarez, Jose M and Luo, Ping},
+  booktitle={NeurIPS},
+  year={2021}
+}""",
+    },
 }
 
 _TEMPLATE = """---

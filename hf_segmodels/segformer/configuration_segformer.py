@@ -145,8 +145,6 @@ class SegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
                 raise ValueError(
                     f"Stage {stage}: hidden size {width} is not divisible by its {heads} attention heads."
                 )
-        if self.decoder_type not in ("original", "mmseg"):
-            raise ValueError(f"`decoder_type` must be 'original' or 'mmseg', got {self.decoder_type!r}.")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "SegformerConfig":

@@ -246,13 +246,38 @@ class SegformerModel(SegformerPreTrainedModel):
 
     def __init__(self, config: SegformerConfig):
         super().__init__(config)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        # Stochastic depth grows linearly from 0 to drop_path_rate over all blocks (torch.linspace in the original).
+        total = sum(config.depths)
+        rates = [config.drop_path_rate * index / max(total - 1, 1) for index in range(total)]
         stages, start = [], 0
         for stage, depth in enumerate(config.depths):
             stages.append(SegformerStage(config, stage, rates[start : start + depth]))
             start += depth
         self.stages = nn.ModuleList(stages)
         self.post_init()
+
+    def _too_small(self, side: int) -> tuple[int, int, int] | None:
+        """(stage, map side, sr_ratio) of the first stage whose map is smaller than its reduction conv, or None."""
+        config = self.config
+        for stage in range(config.num_encoder_blocks):
+            kernel, stride = config.patch_sizes[stage], config.strides[stage]
+            side = (side + 2 * (kernel // 2) - kernel) // stride + 1
+            if side < config.sr_ratios[stage]:
+                return stage, side, config.sr_ratios[stage]
+        return None
+
+    def _check_input_size(self, size: tuple[int, int]) -> None:
+        # The spatial-reduction conv needs a map at least `sr_ratio` tokens wide; the original fails cryptically.
+        for side in size:
+            problem = self._too_small(side)
+            if problem is not None:
+                minimum = next(n for n in range(side + 1, 1 << 16) if self._too_small(n) is None)
+                stage, map_side, ratio = problem
+                raise ValueError(
+                    f"Input of size {tuple(size)} is too small for SegFormer: in stage {stage + 1} a side of {side} "
+                    f"pixels becomes {map_side} tokens, fewer than the spatial-reduction ratio {ratio}. Resize or pad "
+                    f"the image to at least {minimum} pixels per side."
+                )
 
     def forward(
         self,
@@ -262,13 +287,15 @@ class SegformerModel(SegformerPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SegformerModelOutput | tuple:
-        """pixel_values (B, num_channels, H, W) of any size -> `SegformerModelOutput`."""
+        """pixel_values (B, num_channels, H, W) of any size large enough for the spatial reductions (29 pixels per
+        side for the released configurations) -> `SegformerModelOutput`."""
         check_pixel_values(pixel_values, self.config.num_channels)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_input_size(pixel_values.shape[-2:])
         feature_map, feature_maps, attentions = pixel_values, (), ()
         for stage in self.stages:
             feature_map, stage_attentions = stage(feature_map, output_attentions)
@@ -397,7 +424,7 @@ class SegformerDecodeHead(nn.Module):
 
     def forward_merged(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Eval-mode decoder with the fuse conv and BatchNorms folded in; same result as `forward_concat` in eval
-        mode up to float rounding. Everything runs on channels-last (token) layouts."""
+        mode up to float rounding. Everything up to the classifier runs on channels-last (token) layouts."""
         if self.batch_norm.training:
             raise RuntimeError("The merged SegFormer decoder folds BatchNorm statistics; it only runs in eval mode.")
         stage_weights, bias = self.merged_parameters()
@@ -405,17 +432,26 @@ class SegformerDecodeHead(nn.Module):
         fused = None
         for feature_map, (weight, stage_bias, block) in zip(feature_maps, stage_weights):
             tokens = map_to_tokens(feature_map)
+            # The common bias rides on the first stage's matmul (it is at full 1/4 resolution, no upsampling).
+            common_bias = bias if fused is None else None
             if block is None:
-                tokens = F.linear(tokens, weight)
+                tokens = F.linear(tokens, weight, common_bias)
             else:
-                tokens = F.linear(F.relu(F.linear(tokens, weight, stage_bias)), block)
+                tokens = F.linear(F.relu(F.linear(tokens, weight, stage_bias)), block, common_bias)
             stage_map = tokens_to_map(tokens, feature_map.shape[-2:])
             if stage_map.shape[-2:] != size:
                 stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
             fused = stage_map if fused is None else fused.add_(stage_map)
-        hidden_states = F.relu(map_to_tokens(fused) + bias)  # (B, h * w, width)
-        logits = F.linear(hidden_states, self.classifier.weight.flatten(1), self.classifier.bias)
-        return tokens_to_map(logits, size).contiguous()
+        # `fused` is the first stage's fresh (B, h * w, width) matmul output seen as a map, so this is a view.
+        hidden_states = F.relu_(map_to_tokens(fused))
+        # Logits straight into the (B, num_labels, h * w) layout: one batched matmul, no transposing copy.
+        classifier = self.classifier.weight.flatten(1)
+        logits = torch.baddbmm(
+            self.classifier.bias[None, :, None],
+            classifier.expand(hidden_states.shape[0], -1, -1),
+            hidden_states.transpose(1, 2),
+        )
+        return logits.view(-1, classifier.shape[0], *size)
 
 
 class SegformerForSemanticSegmentation(SegmentationModelMixin, SegformerPreTrainedModel):
