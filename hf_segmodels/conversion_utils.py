@@ -115,10 +115,21 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
     model.load_state_dict({key: tensor.to(expected[key].dtype) for key, tensor in state_dict.items()}, strict=True)
 
 
-def save_converted(output_dir: str | os.PathLike, model, image_processor, model_card: str | None = None) -> Path:
+def save_converted(
+    output_dir: str | os.PathLike,
+    model,
+    image_processor,
+    model_card: str | None = None,
+    *,
+    remote_code: bool = True,
+) -> Path:
     """Writes `config.json`, `model.safetensors`, `preprocessor_config.json` and (optionally) `README.md` into
     `output_dir` atomically: everything is written to a temporary sibling folder first and moved into place only
-    once complete, so a failure never leaves a half-written output directory (nor destroys an existing one)."""
+    once complete, so a failure never leaves a half-written output directory (nor destroys an existing one).
+
+    `remote_code=False` leaves out what `save_pretrained` writes for `trust_remote_code` users (the flat copy of our
+    code and the `auto_map` entries); the conversion CLI keeps them only with `--remote_code`.
+    """
     output_dir = Path(output_dir).resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     if output_dir.exists() and any(output_dir.iterdir()):
@@ -127,6 +138,10 @@ def save_converted(output_dir: str | os.PathLike, model, image_processor, model_
     try:
         model.save_pretrained(staging, safe_serialization=True)
         image_processor.save_pretrained(staging)
+        if not remote_code:
+            from .hub import strip_remote_code
+
+            strip_remote_code(staging)
         if model_card is not None:
             (staging / "README.md").write_text(model_card)
         if output_dir.exists():
@@ -139,7 +154,8 @@ def save_converted(output_dir: str | os.PathLike, model, image_processor, model_
 
 
 def conversion_argument_parser(architecture: str, sources: Iterable[str]) -> argparse.ArgumentParser:
-    """The fixed conversion CLI of DESIGN.md, shared by every `conversion_scripts/convert_<arch>.py`."""
+    """The fixed conversion CLI of DESIGN.md, shared by every `conversion_scripts/convert_<arch>.py`, with the Hub
+    publishing options."""
     parser = argparse.ArgumentParser(
         description=f"Convert a {architecture} checkpoint into an hf_segmodels (safetensors) model directory."
     )
@@ -147,30 +163,83 @@ def conversion_argument_parser(architecture: str, sources: Iterable[str]) -> arg
     parser.add_argument("--config", default=None, help="The side file of the source format (variant.yml, .py, ...).")
     parser.add_argument("--output_dir", required=True, help="Directory to write the converted model to (new/empty).")
     parser.add_argument("--source", default="original", choices=list(sources), help="Format of --checkpoint.")
-    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Also upload the result to this repo.")
     parser.add_argument("--model_card", action="store_true", help="Write a model card (README.md) next to the weights.")
     parser.add_argument(
         "--allow_unsafe_pickle",
         action="store_true",
         help="Fully unpickle checkpoints that torch.load(weights_only=True) rejects. Only for files you trust.",
     )
+    hub = parser.add_argument_group("Hub publishing")
+    hub.add_argument(
+        "--push_to_hub",
+        default=None,
+        metavar="REPO_ID",
+        help="Create ORG/NAME on the Hub (if needed) and upload the converted folder, card included, in one commit.",
+    )
+    hub.add_argument("--private", action="store_true", help="Create the Hub repository as private.")
+    hub.add_argument("--revision", default=None, help="Branch to commit to (created if missing; default main).")
+    hub.add_argument("--commit_message", default=None, help="Message of the upload commit.")
+    hub.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="Convert and write --output_dir, then print the files and the commit a push would make; no network.",
+    )
+    hub.add_argument(
+        "--remote_code",
+        action="store_true",
+        help="Also ship the modeling / configuration / image-processing code and an auto_map, so that the result "
+        "loads with trust_remote_code=True where hf_segmodels is not installed.",
+    )
     return parser
 
 
-def push_converted(output_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-                   commit_message: str | None = None) -> str:
-    """Creates `repo_id` on the Hub (if needed) and uploads the converted folder in ONE commit; returns its URL.
-    Needs network access and a token (`huggingface-cli login`)."""
-    from huggingface_hub import create_repo, upload_folder
+def check_publishing_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rejects publishing options that would silently do nothing, and a malformed `--push_to_hub` repo id, before any
+    conversion work."""
+    if args.push_to_hub is None:
+        given = [flag for flag in ("private", "revision", "commit_message", "dry_run") if getattr(args, flag)]
+        if given:
+            parser.error(f"--{', --'.join(given)}: publishing options take effect only with --push_to_hub REPO_ID.")
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    create_repo(repo_id, private=private, exist_ok=True)
-    info = upload_folder(
-        repo_id=repo_id,
-        folder_path=str(output_dir),
-        revision=revision,
-        commit_message=commit_message or f"Upload converted checkpoint ({Path(output_dir).name})",
-    )
-    return str(info)
+    try:
+        validate_repo_id(args.push_to_hub)
+    except HFValidationError as error:
+        parser.error(f"--push_to_hub {args.push_to_hub!r} is not a valid repo id: {error}")
+    if args.push_to_hub.count("/") != 1:
+        parser.error(f"--push_to_hub expects ORG_OR_USER/NAME, got {args.push_to_hub!r}.")
+
+
+def push_converted(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+) -> str:
+    """Creates `repo_id` on the Hub (if needed) and uploads the converted folder in ONE commit; returns the commit URL.
+    Needs network access and a token (`hf auth login`). `dry_run=True` returns the description of the commit instead,
+    without any network access."""
+    from .hub import plan_upload, push_plan
+
+    plan = plan_upload(output_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
+    if dry_run:
+        return plan.describe()
+    return str(push_plan(plan).commit_url)
+
+
+def _command_line(argv: list[str] | None) -> str:
+    import shlex
+    import sys
+
+    script = Path(sys.argv[0])
+    if script.suffix == ".py" and "conversion_scripts" in script.parts:
+        script = Path("conversion_scripts") / script.name
+    arguments = argv if argv is not None else sys.argv[1:]
+    return "python " + " ".join(shlex.quote(str(a)) for a in [script.as_posix(), *arguments])
 
 
 def run_conversion_cli(
@@ -182,34 +251,48 @@ def run_conversion_cli(
     card_kwargs: Callable[[argparse.Namespace], dict] | None = None,
 ) -> Path:
     """Parses the fixed conversion flags, converts with `convert(args) -> (model, image_processor)`, writes the output
-    directory atomically (with a model card when `--model_card` or `--push_to_hub`), and pushes if asked."""
-    import shlex
-    import sys
-
-    from .model_card import render_model_card
+    directory atomically (with a model card when `--model_card` or `--push_to_hub`; the card takes the download URL,
+    protocol and published numbers from `model_cards/zoo.json` when the checkpoint is a known release), and pushes
+    (or, with `--dry_run`, prints the push) if asked."""
+    from .model_card import ZOO_PATH, find_zoo_entry, load_zoo, render_model_card, zoo_card_kwargs
 
     parser = conversion_argument_parser(architecture, sources)
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    check_publishing_arguments(parser, args)
     try:
         model, image_processor = convert(args)
         card = None
         if args.model_card or args.push_to_hub:
-            command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+            kwargs = {"checkpoint": Path(args.checkpoint).name, "source": args.source}
+            kwargs.update(card_kwargs(args) if card_kwargs else {})
+            # A known release (see model_cards/zoo.json) gets its download URL, protocol and published numbers.
+            entry = find_zoo_entry(args.checkpoint, load_zoo(), architecture) if ZOO_PATH.is_file() else None
+            if entry is not None and entry["source_format"] == args.source:
+                kwargs.update(zoo_card_kwargs(entry))
+            kwargs["architecture"] = architecture
             card = render_model_card(
                 model.config,
-                architecture=architecture,
                 repo_id=args.push_to_hub or f"<org>/{Path(args.output_dir).name}",
-                checkpoint=Path(args.checkpoint).name,
-                source=args.source,
-                command=command,
-                **(card_kwargs(args) if card_kwargs else {}),
+                command=_command_line(argv),
+                remote_code=args.remote_code,
+                **kwargs,
             ).content
-        output_dir = save_converted(args.output_dir, model, image_processor, model_card=card)
+        output_dir = save_converted(
+            args.output_dir, model, image_processor, model_card=card, remote_code=args.remote_code
+        )
     except ConversionError as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Converted {args.checkpoint} -> {output_dir}")
     if args.push_to_hub:
-        print(f"Pushed to {push_converted(output_dir, args.push_to_hub)}")
+        result = push_converted(
+            output_dir,
+            args.push_to_hub,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            dry_run=args.dry_run,
+        )
+        print(result if args.dry_run else f"Pushed to {result}")
     return output_dir
