@@ -242,7 +242,7 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
                 continue
             if target_size is not None:
                 probs = F.interpolate(probs[None], size=target_size, mode="bilinear", align_corners=False)[0]
-            probs = probs * scores.view(-1, 1, 1)
+            probs.mul_(scores.view(-1, 1, 1))  # `probs` is a fresh tensor (boolean-indexed or resized)
             winners = probs.argmax(0)
             num_kept = probs.shape[0]
             area = torch.bincount(winners.flatten(), minlength=num_kept)
