@@ -2,7 +2,7 @@
 """SegFormer inference speed and peak memory: hf_segmodels vs transformers, identical weights, batch 1, CPU.
 
     python benchmarks/bench_segformer.py                       # B0 @ 512, B2 @ 512, B0 @ 1024
-    python benchmarks/bench_segformer.py --cases b0:512 --repeats 20
+    python benchmarks/bench_segformer.py --cases b0:512 --repeats 20 --threads 1
 
 For every case the script builds transformers' `SegformerForSemanticSegmentation` (attn_implementation="sdpa") with
 seeded random weights (BatchNorm statistics randomised too, so the decoder's BatchNorm is not an identity), saves it,
@@ -100,7 +100,7 @@ def measure_peak_memory(kind: str, path: str, size: int) -> dict:
 
 
 def peak_memory_in_subprocess(kind: str, path: Path, size: int) -> dict:
-    command = [sys.executable, __file__, "--_memory", kind, str(path), str(size)]
+    command = [sys.executable, __file__, "--_memory", kind, str(path), str(size), str(torch.get_num_threads())]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -151,8 +151,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--cases", nargs="+", default=["b0:512", "b2:512", "b0:1024"], help="variant:size pairs")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import transformers
 
@@ -177,7 +180,8 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--_memory":
+    if len(sys.argv) == 6 and sys.argv[1] == "--_memory":
+        torch.set_num_threads(int(sys.argv[5]))
         print(json.dumps(measure_peak_memory(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
     else:
         main()

@@ -296,3 +296,41 @@ def test_registered_with_the_package():
     assert hf_segmodels.SegformerConfig is SegformerConfig
     assert SegformerConfig.model_type == "segmodels_segformer"
     assert set(SEGFORMER_PRESETS) >= {"b0-ade-512", "b2-ade-512", "b5-ade-640", "b0-cityscapes-1024"}
+
+
+def test_trust_remote_code_without_the_package(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    image = np.random.RandomState(0).randint(0, 256, (50, 40, 3), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    with torch.no_grad():
+        expected = model(**SegformerImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")).logits
+    np.save(tmp_path / "expected.npy", expected.numpy())
+    code = f"""
+        import sys
+
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_segmodels" or name.startswith("hf_segmodels."):
+                    raise ImportError("hidden")
+
+        sys.meta_path.insert(0, _Block())
+        import numpy as np, torch
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+        folder = {str(tmp_path)!r}
+        model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        with torch.no_grad():
+            logits = model(**processor(np.load(folder + "/image.npy"), return_tensors="pt")).logits.numpy()
+        np.testing.assert_allclose(logits, np.load(folder + "/expected.npy"), rtol=0, atol=1e-5)
+        print("REMOTE_OK")
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "REMOTE_OK" in done.stdout, done.stderr[-3000:]
