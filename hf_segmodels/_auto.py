@@ -1,13 +1,7 @@
 """Registration of our classes with transformers' Auto API."""
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForSemanticSegmentation,
-    PreTrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation, PreTrainedConfig, PreTrainedModel
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
 
 def register_architecture(
@@ -25,7 +19,10 @@ def register_architecture(
     `exist_ok=True` keeps a re-import (e.g. `importlib.reload`) harmless.
     """
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoImageProcessor.register(config_class, image_processor_classes={"pil": image_processor_class}, exist_ok=True)
+    # Registered on the mapping directly: `AutoImageProcessor.register` would merge in the processors that
+    # transformers maps to a config class of the same *name* (our SegformerConfig / MaskFormerConfig), so that a
+    # machine with torchvision would silently get transformers' processor instead of ours.
+    IMAGE_PROCESSOR_MAPPING.register(config_class, {"pil": image_processor_class}, exist_ok=True)
     AutoModelForSemanticSegmentation.register(config_class, model_class, exist_ok=True)
     for auto_class in extra_auto_classes:
         auto_class.register(config_class, model_class, exist_ok=True)
