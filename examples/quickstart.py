@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from tqdm.auto import tqdm
@@ -27,55 +26,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, p
 import hf_segmodels
 from hf_segmodels import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor
 from hf_segmodels.metrics import SegmentationMetric
-
-CLASSES = ["background", "disc", "square", "triangle"]
-PALETTE = np.array([[40, 40, 40], [230, 80, 60], [70, 200, 90], [70, 120, 230]], dtype=np.uint8)
-SIZE = 64
-
-
-def _texture(rng: np.random.Generator, kind: str, base: np.ndarray) -> np.ndarray:
-    """A (SIZE, SIZE, 3) float texture: noise around `base`, with stripes or checks depending on `kind`."""
-    y, x = np.mgrid[:SIZE, :SIZE]
-    pattern = {
-        "noise": np.zeros((SIZE, SIZE)),
-        "stripes": 30.0 * np.sign(np.sin((x + y) / 2.0)),
-        "checks": 30.0 * np.sign(np.sin(x / 2.5) * np.sin(y / 2.5)),
-        "rings": 30.0 * np.sign(np.sin(np.hypot(x - 32, y - 32) / 2.0)),
-    }[kind]
-    return base[None, None, :] + pattern[..., None] + rng.normal(0, 12, (SIZE, SIZE, 3))
-
-
-def make_example(rng: np.random.Generator) -> tuple[PILImage.Image, PILImage.Image]:
-    """One image with 1-3 shapes; each class has its own colour family and texture, the background a random one."""
-    background = rng.uniform(60, 200, 3)
-    image = _texture(rng, "noise", background)
-    label = PILImage.new("L", (SIZE, SIZE), 0)
-    draw = ImageDraw.Draw(label)
-    for _ in range(rng.integers(1, 4)):
-        cls = int(rng.integers(1, 4))
-        cx, cy, r = rng.integers(12, 52), rng.integers(12, 52), rng.integers(7, 14)
-        if cls == 1:
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
-        elif cls == 2:
-            draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=2)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=3)
-    mask = np.array(label)
-    for cls, kind in ((1, "rings"), (2, "stripes"), (3, "checks")):
-        colour = PALETTE[cls].astype(float) * 0.7 + rng.uniform(-25, 25, 3)
-        image[mask == cls] = _texture(rng, kind, colour)[mask == cls]
-    return PILImage.fromarray(np.clip(image, 0, 255).astype(np.uint8)), label
-
-
-def make_dataset(num_train: int = 600, num_validation: int = 100, seed: int = 0) -> DatasetDict:
-    """The synthetic dataset as a `DatasetDict` (train / validation) with PIL `image` and `annotation` columns."""
-    rng = np.random.default_rng(seed)
-    features = Features({"image": Image(), "annotation": Image()})
-    splits = {}
-    for split, count in (("train", num_train), ("validation", num_validation)):
-        images, annotations = zip(*(make_example(rng) for _ in range(count)))
-        splits[split] = Dataset.from_dict({"image": list(images), "annotation": list(annotations)}, features=features)
-    return DatasetDict(splits)
+from hf_segmodels.training.synthetic import CLASSES, PALETTE, SIZE, make_dataset
 
 
 def build_model() -> SegmenterForSemanticSegmentation:

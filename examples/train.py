@@ -1,0 +1,496 @@
+#!/usr/bin/env python
+"""Train or fine-tune Segmenter, SETR, SegFormer or MaskFormer for semantic segmentation with 🤗 Accelerate and
+🤗 datasets. Flags follow transformers' `run_semantic_segmentation_no_trainer.py` where they exist.
+
+    accelerate launch examples/train.py --model_type segformer --config_name b0-ade-512 \\
+        --backbone_checkpoint mit_b0.pth --dataset_name scene_parse_150 --do_reduce_labels --id2label id2label.json \\
+        --crop_size 512 --max_train_steps 160000 --per_device_train_batch_size 2 --output_dir segformer-b0-ade
+
+    # CPU smoke test on two processes (gloo)
+    accelerate launch --cpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        examples/train.py --model_type segmenter --config_name tiny --dataset_name ./my_dataset --crop_size 32 ...
+
+Training follows the papers: mmsegmentation's augmentation (random resize 0.5-2.0 of the base scale, random crop
+with cat_max_ratio 0.75, flip, photometric distortion, labels padded with 255) and the paper's optimiser / schedule
+(`--recipe paper`, each part overridable). State (model, optimiser, scheduler, RNG of every process) is saved
+atomically every `--checkpointing_steps` steps to `<output_dir>/step_<N>/`; `--resume_from_checkpoint latest|PATH`
+continues the same schedule with the same data order. At the end the model, its image processor and a model card
+with the measured validation metrics are saved to `--output_dir`.
+"""
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+
+import hf_segmodels  # noqa: F401  (registers the architectures)
+from hf_segmodels.training.augmentation import TrainAugmentation
+from hf_segmodels.training.checkpointing import read_state, remove_temporary, resolve_checkpoint, save_checkpoint
+from hf_segmodels.training.data import (
+    EpochSampler,
+    EvalSamples,
+    SegmentationSamples,
+    TrainSamples,
+    collate_eval,
+    collate_train,
+    dataloader_generator,
+    get_split,
+    load_splits,
+    resolve_id2label,
+)
+from hf_segmodels.training.evaluation import evaluate_semantic, format_table, metrics_to_json
+from hf_segmodels.training.model_card import render_training_card
+from hf_segmodels.training.recipes import PAPER_RECIPES, build_optimizer, build_scheduler
+from hf_segmodels.training.registry import (
+    ARCHITECTURE_NAMES,
+    build_config,
+    convert_sync_batch_norm,
+    get_architecture,
+)
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", help="A checkpoint of ours to fine-tune (local folder or Hub id).")
+    model.add_argument("--model_type", choices=ARCHITECTURE_NAMES, help="Architecture to train from a config.")
+    model.add_argument("--config_name", help="A saved config folder of ours, or a preset name ('tiny', "
+                       "'seg_base_mask', 'setr_pup_large_ade20k', 'b2-ade-512', ...).")
+    model.add_argument("--image_processor_name", help="Image processor folder / Hub id (test-time size, mean/std).")
+    model.add_argument("--backbone_checkpoint", help="ImageNet-pretrained encoder weights: a transformers ViT/DeiT, "
+                       "MiT or backbone folder, a timm ViT state dict, or the authors' MiT .pth.")
+    model.add_argument("--trust_remote_code", action="store_true")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", required=True, help="Hub dataset id, or a local folder / file "
+                      "(save_to_disk folder, imagefolder, parquet, arrow).")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--validation_split", default="validation", help="Evaluated at the end ('none' to skip).")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default="annotation")
+    data.add_argument("--do_reduce_labels", action="store_true", help="0 -> 255 (ignored), k -> k - 1 (ADE20K).")
+    data.add_argument("--id2label", help="JSON file or text with the class names {id: name}.")
+    data.add_argument("--crop_size", type=int, nargs="+", help="Training crop (H [W]); default: the config's "
+                      "image_size, else 512.")
+    data.add_argument("--base_size", type=int, nargs=2, metavar=("LONG", "SHORT"),
+                      help="Base scale of the random resize (default: the image processor's test size).")
+    data.add_argument("--ratio_range", type=float, nargs=2, default=(0.5, 2.0))
+    data.add_argument("--cat_max_ratio", type=float, default=0.75)
+    data.add_argument("--no_photometric_distortion", action="store_true")
+    data.add_argument("--max_train_samples", type=int)
+    data.add_argument("--max_eval_samples", type=int)
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    optim = parser.add_argument_group("optimisation (defaults: the paper's recipe)")
+    optim.add_argument("--recipe", choices=["paper"], default="paper")
+    optim.add_argument("--optimizer", choices=["sgd", "adamw"])
+    optim.add_argument("--learning_rate", type=float)
+    optim.add_argument("--weight_decay", type=float)
+    optim.add_argument("--momentum", type=float)
+    optim.add_argument("--lr_power", type=float, help="Power of the polynomial decay.")
+    optim.add_argument("--min_learning_rate", type=float)
+    optim.add_argument("--num_warmup_steps", type=int)
+    optim.add_argument("--head_lr_multiplier", type=float)
+    optim.add_argument("--backbone_lr_multiplier", type=float)
+    optim.add_argument("--max_grad_norm", type=float)
+    optim.add_argument("--max_train_steps", type=int)
+    optim.add_argument("--num_train_epochs", type=int, default=3)
+    optim.add_argument("--per_device_train_batch_size", type=int, default=8)
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=1)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
+    optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument("--seed", type=int, default=42)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--checkpointing_steps", type=int, help="Save the training state every N optimiser steps.")
+    run.add_argument("--resume_from_checkpoint", help="'latest' (in --output_dir) or a step_<N> folder.")
+    run.add_argument("--report_to", default="all", help="'all', 'none', or trackers such as 'tensorboard'.")
+    run.add_argument("--logging_steps", type=int, default=10)
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id")
+    run.add_argument("--hub_token")
+    args = parser.parse_args(argv)
+
+    if (args.model_name_or_path is None) == (args.model_type is None):
+        parser.error("pass exactly one of --model_name_or_path (fine-tune) or --model_type (+ --config_name).")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id.")
+    if args.crop_size is not None and len(args.crop_size) not in (1, 2):
+        parser.error("--crop_size takes one or two integers (H [W]).")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        parser.error("--max_train_steps must be >= 1.")
+    if args.checkpointing_steps is not None and args.checkpointing_steps < 1:
+        parser.error("--checkpointing_steps must be >= 1.")
+    return args
+
+
+def _trackers(report_to: str) -> list[str] | None:
+    """The requested trackers that are installed (tensorboard when present for 'all')."""
+    from accelerate.utils import is_tensorboard_available
+
+    if report_to == "none":
+        return None
+    if report_to == "all":
+        return ["tensorboard"] if is_tensorboard_available() else None
+    return [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def _distributed_cpu_kwargs() -> dict:
+    """Accelerator arguments for multi-process runs on a machine without GPUs.
+
+    `accelerate launch --multi_gpu --num_processes N` (torchrun) on a CPU-only machine starts N processes but
+    accelerate only joins them into one gloo group when asked for the CPU; `accelerate launch --cpu --num_processes N`
+    starts ONE process unless an MPI hostfile is configured (accelerate's simple launcher), which is reported.
+    """
+    launched_by_torchrun = os.environ.get("LOCAL_RANK") is not None
+    if launched_by_torchrun and not torch.cuda.is_available():
+        return {"cpu": True}
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and os.environ.get("MASTER_ADDR") \
+            and os.environ.get("WORLD_SIZE") is None:
+        print(
+            "warning: `accelerate launch --cpu --num_processes N` starts a single process without an MPI hostfile; "
+            "for N CPU processes use `accelerate launch --multi_gpu --num_processes N ...` (torchrun; gloo is used "
+            "automatically without GPUs).",
+            file=sys.stderr,
+        )
+    return {}
+
+
+def build_model_and_processor(args, id2label):
+    """The model (pretrained or from a config), its image processor and architecture plug-in."""
+    if args.model_name_or_path is not None:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+        architecture = get_architecture(config.model_type)
+        same_labels = config.num_labels == len(id2label)
+        model = AutoModelForSemanticSegmentation.from_pretrained(
+            args.model_name_or_path,
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id={name: index for index, name in id2label.items()},
+            ignore_mismatched_sizes=not same_labels,
+            trust_remote_code=args.trust_remote_code,
+        )
+        processor = AutoImageProcessor.from_pretrained(args.image_processor_name or args.model_name_or_path)
+    else:
+        architecture = get_architecture(args.model_type)
+        crop = args.crop_size[0] if args.crop_size else 512
+        config = build_config(architecture, args.config_name, crop, id2label)
+        model = architecture.model_class(config)
+        if args.image_processor_name:
+            processor = AutoImageProcessor.from_pretrained(args.image_processor_name)
+        else:
+            # mmsegmentation's convention for a from-scratch run: test on the shorter side = crop size (longer <= 4x)
+            short = min(args.crop_size) if args.crop_size else 512
+            processor = architecture.image_processor_class(size={"shortest_edge": short, "longest_edge": 4 * short})
+    processor.do_reduce_labels = args.do_reduce_labels
+    return model, processor, architecture
+
+
+def crop_size_of(args, config) -> tuple[int, int]:
+    if args.crop_size:
+        return (args.crop_size[0], args.crop_size[-1])
+    size = getattr(config, "image_size", None)
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return (int(size[0]), int(size[1]))
+    return (512, 512)
+
+
+def base_scale_of(args, processor, crop_size) -> tuple[int, int]:
+    """(long, short) base scale of the random resize: --base_size, else the processor's test size."""
+    if args.base_size:
+        return (max(args.base_size), min(args.base_size))
+    size = dict(processor.size or {})
+    if size.get("shortest_edge") and size.get("longest_edge"):
+        return (size["longest_edge"], size["shortest_edge"])
+    if size.get("shortest_edge"):
+        return (4 * size["shortest_edge"], size["shortest_edge"])
+    if size.get("height") and size.get("width"):
+        return (max(size["height"], size["width"]), min(size["height"], size["width"]))
+    return (4 * min(crop_size), min(crop_size))
+
+
+def recipe_of(args, architecture):
+    """The paper's recipe with every explicitly given flag applied on top."""
+    recipe = PAPER_RECIPES[architecture.name].for_dataset(args.dataset_name)
+    overrides = {
+        "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "momentum": args.momentum,
+        "power": args.lr_power,
+        "min_lr": args.min_learning_rate,
+        "warmup_steps": args.num_warmup_steps,
+        "head_lr_multiplier": args.head_lr_multiplier,
+        "backbone_lr_multiplier": args.backbone_lr_multiplier,
+        "max_grad_norm": args.max_grad_norm,
+    }
+    return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    trackers = _trackers(args.report_to)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=trackers,
+        project_dir=str(output_dir),
+        **_distributed_cpu_kwargs(),
+    )
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporary(output_dir)
+    accelerator.wait_for_everyone()
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
+    set_seed(args.seed)
+
+    # ---------------------------------------------------------------- data
+    splits = load_splits(args.dataset_name, args.dataset_config_name)
+    columns = (args.image_column, args.label_column)
+    train_split = get_split(splits, args.train_split, columns)
+    evaluate_split = args.validation_split.lower() != "none"
+    validation_split = get_split(splits, args.validation_split, columns) if evaluate_split else None
+    fallback = None
+    if args.model_name_or_path is not None and args.id2label is None:
+        fallback = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code).id2label
+    id2label = resolve_id2label(args.id2label, args.dataset_name, fallback)
+    if args.max_train_samples is not None:
+        train_split = train_split.select(range(min(args.max_train_samples, len(train_split))))
+    if validation_split is not None and args.max_eval_samples is not None:
+        validation_split = validation_split.select(range(min(args.max_eval_samples, len(validation_split))))
+
+    model, processor, architecture = build_model_and_processor(args, id2label)
+    if args.backbone_checkpoint:
+        if checkpoint is None:
+            architecture.load_backbone(model, args.backbone_checkpoint)
+            logger.info(f"Loaded pretrained backbone weights from {args.backbone_checkpoint}", main_process_only=True)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    converted = convert_sync_batch_norm(model, architecture, accelerator.num_processes, accelerator.device)
+    if architecture.sync_batch_norm and accelerator.num_processes > 1 and not converted:
+        logger.warning("SyncBatchNorm needs GPUs; CPU processes keep per-process BatchNorm statistics.",
+                       main_process_only=True)
+
+    crop_size = crop_size_of(args, model.config)
+    augmentation = TrainAugmentation(
+        crop_size=crop_size,
+        scale=base_scale_of(args, processor, crop_size),
+        image_mean=tuple(processor.image_mean),
+        image_std=tuple(processor.image_std),
+        ratio_range=tuple(args.ratio_range),
+        cat_max_ratio=args.cat_max_ratio,
+        photometric=not args.no_photometric_distortion,
+    )
+    num_labels = len(id2label)
+    train_samples = SegmentationSamples(
+        train_split, args.image_column, args.label_column, num_labels, args.do_reduce_labels, args.train_split
+    )
+    sampler = EpochSampler(len(train_samples), seed=args.seed, shuffle=True)
+    train_loader = torch.utils.data.DataLoader(
+        TrainSamples(train_samples, augmentation, args.seed),
+        batch_sampler=torch.utils.data.BatchSampler(sampler, args.per_device_train_batch_size, drop_last=True),
+        collate_fn=collate_train,
+        num_workers=args.dataloader_num_workers,
+        generator=dataloader_generator(args.seed),
+    )
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"The {args.train_split!r} split has {len(train_samples)} examples, fewer than one batch of "
+            f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
+        )
+    eval_loader = None
+    if validation_split is not None:
+        eval_samples = SegmentationSamples(
+            validation_split, args.image_column, args.label_column, num_labels, args.do_reduce_labels,
+            args.validation_split,
+        )
+        eval_loader = torch.utils.data.DataLoader(
+            EvalSamples(eval_samples, processor),
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=collate_eval,
+            num_workers=args.dataloader_num_workers,
+            generator=dataloader_generator(args.seed),
+        )
+
+    # ---------------------------------------------------------------- optimisation
+    # Sharded across processes first: the schedule length depends on the batches each process sees per epoch.
+    if eval_loader is not None:
+        train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
+    else:
+        train_loader = accelerator.prepare(train_loader)
+    batches_per_epoch = len(train_loader)
+    updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    recipe = recipe_of(args, architecture)
+    if args.num_warmup_steps is None and recipe.warmup_steps > args.max_train_steps // 10:
+        # The papers warm up for ~1% of a 160k-step schedule; a short run keeps warmup to a tenth of its steps.
+        recipe = replace(recipe, warmup_steps=args.max_train_steps // 10)
+    optimizer = build_optimizer(model, recipe, architecture.backbone_prefixes)
+    scheduler = build_scheduler(optimizer, recipe, args.max_train_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Stepped by hand once per optimiser step (a prepared scheduler would step once per process).
+    accelerator.register_for_checkpointing(scheduler)
+
+    completed_steps, start_epoch, resume_batches = 0, 0, 0
+    if checkpoint is not None:
+        state = read_state(checkpoint)
+        for key in ("max_train_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_processes",
+                    "seed"):
+            current = accelerator.num_processes if key == "num_processes" else getattr(args, key)
+            if state.get(key) != current:
+                logger.warning(f"Resuming with {key}={current} but the checkpoint was written with {state.get(key)}: "
+                               "the schedule or data order will differ from the original run.", main_process_only=True)
+        accelerator.load_state(str(checkpoint))
+        completed_steps, start_epoch, resume_batches = state["completed_steps"], state["epoch"], state["batches_in_epoch"]
+        if resume_batches >= batches_per_epoch:
+            start_epoch, resume_batches = start_epoch + 1, 0
+        accelerator.print(f"Resumed from {checkpoint} at step {completed_steps} (epoch {start_epoch}).")
+
+    if trackers:
+        accelerator.init_trackers(
+            "train_segmentation", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
+    total_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    accelerator.print(
+        f"Training {architecture.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) on "
+        f"{len(train_samples)} examples: {args.max_train_steps} steps, {num_epochs} epochs, global batch {total_batch}, "
+        f"crop {crop_size}, recipe {recipe.optimizer} lr {recipe.learning_rate:g} wd {recipe.weight_decay:g} "
+        f"poly {recipe.power:g} warmup {recipe.warmup_steps}"
+    )
+
+    def training_state(epoch: int, batches_in_epoch: int) -> dict:
+        return {
+            "completed_steps": completed_steps,
+            "epoch": epoch,
+            "batches_in_epoch": batches_in_epoch,
+            "max_train_steps": args.max_train_steps,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "num_processes": accelerator.num_processes,
+            "seed": args.seed,
+            "model_type": architecture.name,
+        }
+
+    log_path = output_dir / "train_log.jsonl"
+    progress = tqdm(total=args.max_train_steps, initial=completed_steps, desc="training",
+                    disable=not accelerator.is_local_main_process)
+    last_saved = completed_steps if checkpoint is not None else None
+    start_time = time.monotonic()
+    model.train()
+    for epoch in range(start_epoch, num_epochs):
+        if completed_steps >= args.max_train_steps:
+            break
+        sampler.set_epoch(epoch)
+        loader, first_batch = train_loader, 0
+        if epoch == start_epoch and resume_batches:
+            loader, first_batch = accelerator.skip_first_batches(train_loader, resume_batches), resume_batches
+        for batch_index, batch in enumerate(loader, start=first_batch):
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and recipe.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            completed_steps += 1
+            progress.update(1)
+            mean_loss = accelerator.gather(loss.detach()[None]).float().mean().item()
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            record = {"step": completed_steps, "epoch": epoch, "loss": mean_loss,
+                      "lr": [group["lr"] for group in optimizer.param_groups]}
+            if accelerator.is_main_process:
+                with open(log_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if trackers and completed_steps % args.logging_steps == 0:
+                accelerator.log({"train_loss": mean_loss, "lr": record["lr"][0]}, step=completed_steps)
+            if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, completed_steps, training_state(epoch, batch_index + 1))
+                last_saved = completed_steps
+            if completed_steps >= args.max_train_steps:
+                break
+    progress.close()
+    if last_saved != completed_steps:
+        save_checkpoint(accelerator, output_dir, completed_steps, training_state(epoch, batch_index + 1))
+    train_seconds = time.monotonic() - start_time
+
+    # ---------------------------------------------------------------- evaluation and export
+    results_json = None
+    if eval_loader is not None:
+        results = evaluate_semantic(model, eval_loader, accelerator, num_labels, description="validation")
+        results_json = metrics_to_json(results, id2label)
+        accelerator.print(format_table(results, id2label))
+        if trackers:
+            accelerator.log({f"eval_{k}": results_json[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")
+                             if results_json[k] is not None}, step=completed_steps)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        all_results = {"train_steps": completed_steps, "train_seconds": round(train_seconds, 2),
+                       "num_processes": accelerator.num_processes}
+        if results_json is not None:
+            all_results.update({f"eval_{k}": v for k, v in results_json.items()})
+        (output_dir / "all_results.json").write_text(json.dumps(all_results, indent=2))
+        card = render_training_card(
+            architecture=architecture.name,
+            model_name=output_dir.name,
+            repo_id=args.hub_model_id or str(output_dir),
+            num_labels=num_labels,
+            dataset=args.dataset_name,
+            split=args.validation_split,
+            metrics=results_json,
+            recipe=f"{recipe.optimizer} lr {recipe.learning_rate:g}, weight decay {recipe.weight_decay:g}, poly power "
+                   f"{recipe.power:g}, warmup {recipe.warmup_steps} ({recipe.source})",
+            steps=completed_steps,
+            batch_size=total_batch,
+            crop_size=crop_size,
+            seed=args.seed,
+            command="accelerate launch examples/train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            base_model=args.model_name_or_path,
+        )
+        card.save(output_dir / "README.md")
+        if args.push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=args.hub_token)
+            api.create_repo(args.hub_model_id, exist_ok=True)
+            api.upload_folder(
+                repo_id=args.hub_model_id, folder_path=str(output_dir), commit_message=f"Training step {completed_steps}",
+                ignore_patterns=["step_*", "step_*/**", ".tmp_step_*", ".old_step_*", "train_log.jsonl"],
+            )
+    if trackers:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

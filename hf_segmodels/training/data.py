@@ -1,0 +1,253 @@
+"""Datasets for training and evaluation: loading (Hub id, `save_to_disk` folder, imagefolder / parquet / arrow),
+column and label checks, the decoding transform (`datasets.set_transform`, nothing materialised twice), the
+augmented training samples and the evaluation samples."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from ..image_processing import _to_channels_last_rgb
+from .augmentation import TrainAugmentation
+
+_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+def load_splits(dataset_name: str, dataset_config_name: str | None = None) -> DatasetDict:
+    """Every split of `dataset_name`: a folder written by `save_to_disk`, a local data folder or file for
+    `datasets.load_dataset` (imagefolder, parquet, arrow), or a Hub dataset id."""
+    path = Path(dataset_name)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        loaded = load_from_disk(str(path))
+    elif path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"Cannot load {str(path)!r}: use a .parquet / .arrow file or a dataset folder.")
+        loaded = load_dataset(builder, data_files=str(path))
+    else:
+        loaded = load_dataset(dataset_name, dataset_config_name)
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict({"train": loaded})
+    return loaded
+
+
+def get_split(splits: DatasetDict, split: str, columns: tuple[str, ...]) -> Dataset:
+    """The split `split`, checked to exist, to be non-empty and to hold `columns`."""
+    if split not in splits:
+        raise ValueError(f"The dataset has no split {split!r}; available splits: {sorted(splits)}.")
+    dataset = splits[split]
+    if len(dataset) == 0:
+        raise ValueError(f"The {split!r} split of the dataset is empty (0 examples).")
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"The {split!r} split has no column(s) {missing}; available columns: {dataset.column_names}. Name the "
+            "image and label columns with --image_column / --label_column."
+        )
+    return dataset
+
+
+def resolve_id2label(id2label: str | None, dataset_name: str | None, fallback: dict | None = None) -> dict[int, str]:
+    """Class names from `--id2label` (a JSON file or a JSON string), else `id2label.json` beside a local dataset or
+    in its Hub repository, else `fallback` (e.g. the pretrained model's config)."""
+    mapping = None
+    if id2label is not None:
+        text = Path(id2label).read_text() if Path(id2label).is_file() else id2label
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--id2label must be a JSON file or JSON object text: {error}") from None
+    elif dataset_name is not None and (Path(dataset_name) / "id2label.json").is_file():
+        mapping = json.loads((Path(dataset_name) / "id2label.json").read_text())
+    elif dataset_name is not None and not Path(dataset_name).exists() and fallback is None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            mapping = json.loads(Path(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset")).read_text())
+        except Exception as error:  # noqa: BLE001 - any download failure means "not available"
+            raise ValueError(
+                f"No class names: pass --id2label (JSON) since {dataset_name!r} has no id2label.json ({error})."
+            ) from None
+    elif fallback is not None:
+        mapping = fallback
+    if mapping is None:
+        raise ValueError("No class names: pass --id2label (a JSON file or text such as '{\"0\": \"road\", ...}').")
+    if isinstance(mapping, list):
+        mapping = dict(enumerate(mapping))
+    result = {int(key): str(value) for key, value in mapping.items()}
+    if sorted(result) != list(range(len(result))):
+        raise ValueError(f"id2label keys must be 0 .. {len(result) - 1} without gaps, got {sorted(result)[:20]}.")
+    return result
+
+
+def decode_image(image) -> np.ndarray:
+    """A dataset image (PIL of any mode, or an array) -> (H, W, 3) uint8 RGB."""
+    if isinstance(image, PIL.Image.Image) and image.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return np.asarray(image.convert("RGB"))
+    array = _to_channels_last_rgb(image)
+    if isinstance(array, PIL.Image.Image):
+        array = np.asarray(array.convert("RGB"))
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def decode_label(label) -> np.ndarray:
+    """A dataset label map (single-channel PIL image or 2-D array of class ids) -> (H, W) int64."""
+    if isinstance(label, PIL.Image.Image):
+        if label.mode in ("RGB", "RGBA", "LA"):
+            raise ValueError(
+                f"Label maps must be single-channel images of class ids, got a PIL image of mode {label.mode!r}."
+            )
+        label = np.asarray(label)
+    array = np.asarray(label)
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.squeeze(0 if array.shape[0] == 1 else -1)
+    if array.ndim != 2 or array.dtype.kind not in "iub":
+        raise ValueError(f"Label maps must be (H, W) integer class ids, got shape {array.shape} dtype {array.dtype}.")
+    return array.astype(np.int64)
+
+
+def reduce_labels(label: np.ndarray) -> np.ndarray:
+    """ADE20K convention: 0 (other) -> 255 (ignored), k -> k - 1, 255 stays 255."""
+    reduced = label - 1
+    reduced[(label == 0) | (label == 255)] = 255
+    return reduced
+
+
+def check_label_values(label: np.ndarray, num_labels: int, index: int, split: str, ignore_index: int = 255) -> None:
+    invalid = ((label < 0) | (label >= num_labels)) & (label != ignore_index)
+    if invalid.any():
+        values = np.unique(label[invalid]).tolist()
+        hint = ""
+        if 0 in np.unique(label) and max(values) == num_labels:
+            hint = " (0 looks like an 'unlabelled' class: try --do_reduce_labels)"
+        raise ValueError(
+            f"Example {index} of the {split!r} split has label values {values[:20]} outside [0, {num_labels}) "
+            f"(num_labels={num_labels} from id2label; {ignore_index} = ignore){hint}."
+        )
+
+
+class SegmentationSamples(torch.utils.data.Dataset):
+    """Decoded (image, label) pairs of one split, as NumPy arrays, with label checks.
+
+    Decoding runs through `datasets.set_transform` on the image and label columns only (other columns are never
+    read); labels are reduced (`do_reduce_labels`) and checked against `num_labels`, naming the example index.
+    """
+
+    def __init__(self, dataset: Dataset, image_column: str, label_column: str, num_labels: int,
+                 do_reduce_labels: bool, split: str):
+        self.dataset = dataset
+        self.image_column, self.label_column = image_column, label_column
+        self.num_labels, self.do_reduce_labels, self.split = num_labels, do_reduce_labels, split
+
+        def decode(batch):
+            return {
+                "image": [decode_image(image) for image in batch[image_column]],
+                "label": [decode_label(label) for label in batch[label_column]],
+            }
+
+        self.dataset.set_transform(decode, columns=[image_column, label_column])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        example = self.dataset[int(index)]
+        image, label = example["image"], example["label"]
+        if image.shape[:2] != label.shape:
+            raise ValueError(
+                f"Example {index} of the {self.split!r} split: image size {image.shape[:2]} differs from its label "
+                f"map size {label.shape}."
+            )
+        if self.do_reduce_labels:
+            label = reduce_labels(label)
+        check_label_values(label, self.num_labels, index, self.split)
+        return image, label
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields `(epoch, index)` pairs: a permutation of the dataset that depends only on (seed, epoch), so that every
+    process draws the same order (accelerate shards its batches) and a resumed run replays the same order. The epoch
+    travels with the index so that augmentation can be seeded per (seed, epoch, index) in any worker."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        epoch = self.epoch
+        return iter([(epoch, index) for index in order])
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class TrainSamples(torch.utils.data.Dataset):
+    """Augmented training samples: `__getitem__((epoch, index))` -> {"pixel_values" (3, h, w), "labels" (h, w)}."""
+
+    def __init__(self, samples: SegmentationSamples, augmentation: TrainAugmentation, seed: int):
+        self.samples, self.augmentation, self.seed = samples, augmentation, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        image, label = self.samples.sample(index)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        pixel_values, labels = self.augmentation(image, label, rng)
+        return {"pixel_values": torch.from_numpy(pixel_values), "labels": torch.from_numpy(labels)}
+
+
+class EvalSamples(torch.utils.data.Dataset):
+    """Evaluation samples: the image processed by the model's image processor (test-time resize and normalisation)
+    and the label map at its ORIGINAL resolution, as the papers evaluate (predictions are resized back)."""
+
+    def __init__(self, samples: SegmentationSamples, image_processor):
+        self.samples, self.image_processor = samples, image_processor
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        image, label = self.samples.sample(index)
+        pixel_values = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        return {"pixel_values": pixel_values, "labels": torch.from_numpy(label)}
+
+
+def collate_train(examples: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.stack([example["labels"] for example in examples]),
+    }
+
+
+def collate_eval(examples: list[dict]) -> dict:
+    """Evaluation images may differ in size: the batch keeps lists, and the evaluation loop stacks equal sizes."""
+    return {
+        "pixel_values": [example["pixel_values"] for example in examples],
+        "labels": [example["labels"] for example in examples],
+    }
+
+
+def dataloader_generator(seed: int) -> torch.Generator:
+    """A private generator for DataLoaders, so that iterating them never draws from the global torch RNG (which
+    would shift dropout masks between an uninterrupted and a resumed run)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def save_id2label(path: str | os.PathLike, id2label: dict[int, str]) -> None:
+    Path(path).write_text(json.dumps({str(k): v for k, v in id2label.items()}, indent=2))
