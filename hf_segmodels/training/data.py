@@ -135,13 +135,12 @@ def check_label_values(label: np.ndarray, num_labels: int, index: int, split: st
 class SegmentationSamples(torch.utils.data.Dataset):
     """Decoded (image, label) pairs of one split, as NumPy arrays, with label checks.
 
-    Decoding runs through `datasets.set_transform` on the image and label columns only (other columns are never
-    read); labels are reduced (`do_reduce_labels`) and checked against `num_labels`, naming the example index.
+    Decoding runs as a `datasets` on-access transform (`with_transform`, i.e. `set_transform` on a copy, so the
+    caller's dataset keeps its format) on the image and label columns only (other columns are never read); labels are reduced (`do_reduce_labels`) and checked against `num_labels`, naming the example index.
     """
 
     def __init__(self, dataset: Dataset, image_column: str, label_column: str, num_labels: int,
                  do_reduce_labels: bool, split: str):
-        self.dataset = dataset
         self.image_column, self.label_column = image_column, label_column
         self.num_labels, self.do_reduce_labels, self.split = num_labels, do_reduce_labels, split
 
@@ -151,7 +150,7 @@ class SegmentationSamples(torch.utils.data.Dataset):
                 "label": [decode_label(label) for label in batch[label_column]],
             }
 
-        self.dataset.set_transform(decode, columns=[image_column, label_column])
+        self.dataset = dataset.with_transform(decode, columns=[image_column, label_column])
 
     def __len__(self) -> int:
         return len(self.dataset)
