@@ -181,6 +181,30 @@ def test_encoder_equals_transformers_vit_on_identical_weights(tmp_path):
         torch.testing.assert_close(ours[index], theirs[index], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("decoder_type", ["pup", "mla"])
+def test_deit_initialisation_drops_the_distillation_token(tmp_path, decoder_type):
+    """SETR-DeiT starts from (distilled) DeiT-B weights; SETR's encoder keeps the cls token (naive / PUP) or no
+    extra token at all (MLA), so the distillation token and its position are dropped."""
+    from transformers import DeiTConfig, DeiTModel
+
+    from hf_segmodels.pretrained import load_pretrained_vit
+
+    torch.manual_seed(4)
+    deit = DeiTModel(DeiTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                                patch_size=8, image_size=32, layer_norm_eps=1e-6), add_pooling_layer=False)
+    deit.save_pretrained(tmp_path)
+    model = tiny_model(decoder_type, patch_embeddings_bias=True)
+    load_pretrained_vit(model.encoder, tmp_path)
+    positions = deit.embeddings.position_embeddings.detach()
+    expected = positions[:, 2:] if decoder_type == "mla" else torch.cat([positions[:, :1], positions[:, 2:]], dim=1)
+    torch.testing.assert_close(model.encoder.embeddings.position_embeddings.detach(), expected)
+    state = deit.state_dict()
+    torch.testing.assert_close(
+        model.encoder.layers[3].attention.qkv.weight.detach(),
+        torch.cat([state[f"layers.3.attention.{name}_proj.weight"] for name in "qkv"]),
+    )
+
+
 def test_gradient_checkpointing_gives_same_gradients():
     model = tiny_model("pup").train()
     for module in model.modules():  # BatchNorm statistics would drift between the two passes
@@ -447,3 +471,50 @@ def test_conversion_cli_writes_complete_output_or_nothing(golden_dir, tmp_path):
     assert failed.returncode == 2 and "decode_head.layernorm.bias" in failed.stderr
     assert not (tmp_path / "failed").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".failed")] == []
+
+
+# --- slow: released sizes, remote code ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, grid", [("setr_naive_large_ade20k", 32), ("setr_pup_large_ade20k", 512),
+                                        ("setr_mla_large_ade20k", 128)])
+def test_released_sizes_forward(name, grid):
+    model = SetrForSemanticSegmentation(SetrConfig.from_preset(name)).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 512, 512)).logits
+    assert logits.shape == (1, 150, grid, grid) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_trust_remote_code_without_the_package(tmp_path):
+    model = tiny_model("mla")
+    model.save_pretrained(tmp_path)
+    SetrImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    image = np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    with torch.no_grad():
+        expected = model(**SetrImageProcessor(size={"height": 32, "width": 32})(image, return_tensors="pt")).logits
+    np.save(tmp_path / "expected.npy", expected.numpy())
+    code = f"""
+import sys
+
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_segmodels" or name.startswith("hf_segmodels."):
+            raise ImportError("hidden")
+
+sys.meta_path.insert(0, _Block())
+import numpy as np, torch
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+folder = {str(tmp_path)!r}
+model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+assert "hf_segmodels" not in sys.modules
+with torch.no_grad():
+    logits = model(**processor(np.load(folder + "/image.npy"), return_tensors="pt")).logits
+np.testing.assert_allclose(logits.numpy(), np.load(folder + "/expected.npy"), atol=1e-5)
+print("OK", type(model).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0 and "OK SetrForSemanticSegmentation" in done.stdout, done.stderr[-3000:]
