@@ -175,6 +175,13 @@ model = dict(
                      num_conv=2, upsampling_method='bilinear', align_corners=False, conv3x3_conv1x1=False,
                      loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
     auxiliary_head=[{_NAIVE_AUX}])
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiScaleFlipAug', img_scale=(2048, 480), flip=False,
+         transforms=[dict(type='Resize', keep_ratio=True), dict(type='RandomFlip'),
+                     dict(type='Normalize', **img_norm_cfg), dict(type='ImageToTensor', keys=['img'])]),
+]
 """
 
 
@@ -218,8 +225,10 @@ def test_original_format_matches_the_original_forward(tmp_path, name, config_tex
     state = make_state()
     torch.save({"meta": {"CLASSES": [f"c{i}" for i in range(CLASSES)]}, "state_dict": state}, tmp_path / "ckpt.pth")
     (tmp_path / "config.py").write_text(config_text)
-    model, _ = convert_setr_checkpoint(tmp_path / "ckpt.pth", tmp_path / "config.py", source="original")
+    model, processor = convert_setr_checkpoint(tmp_path / "ckpt.pth", tmp_path / "config.py", source="original")
     assert model.config.decoder_type == name and model.config.auxiliary_layer_indices == layers
+    # The test scale of the original MultiScaleFlipAug pipeline (default: ADE20K's 512 / 2048).
+    assert (processor.size.shortest_edge, processor.size.longest_edge) == ((480 if name == "naive" else 512), 2048)
     assert model.config.id2label[4] == "c4"
 
     pixel_values = torch.randn(2, 3, IMG, IMG)

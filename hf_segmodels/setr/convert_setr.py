@@ -118,9 +118,20 @@ def _processor_from(cfg: dict, model: dict) -> SetrImageProcessor:
     mean = [m / 255.0 for m in norm.get("mean", [123.675, 116.28, 103.53])]
     std = [s / 255.0 for s in norm.get("std", [58.395, 57.12, 57.375])]
     kwargs = {"image_mean": mean, "image_std": std}
+    # The keep-ratio test scale: mmseg 1.x `Resize(scale=..., keep_ratio=True)`, or the original (mmseg 0.x)
+    # `MultiScaleFlipAug(img_scale=..., transforms=[Resize(keep_ratio=True), ...])`.
     for step in cfg.get("test_pipeline", []):
-        if isinstance(step, dict) and step.get("type") == "Resize" and step.get("keep_ratio", False) and "scale" in step:
-            kwargs["size"] = {"shortest_edge": min(step["scale"]), "longest_edge": max(step["scale"])}
+        if not isinstance(step, dict):
+            continue
+        scale = None
+        if step.get("type") == "Resize" and step.get("keep_ratio", False):
+            scale = step.get("scale")
+        elif step.get("type") == "MultiScaleFlipAug" and any(
+            t.get("type") == "Resize" and t.get("keep_ratio", False) for t in step.get("transforms", [])
+        ):
+            scale = step.get("img_scale")
+        if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(v, int) for v in scale):
+            kwargs["size"] = {"shortest_edge": min(scale), "longest_edge": max(scale)}
     return SetrImageProcessor(**kwargs)
 
 

@@ -203,8 +203,9 @@ class SetrForSemanticSegmentation(SegmentationModelMixin, SetrPreTrainedModel):
     Input: `pixel_values` (B, 3, H, W) of any size; the image is zero-padded at the bottom and right to a multiple
     of the patch size and the position embeddings are resized bilinearly to the padded grid, as mmsegmentation does.
     (The original fudan-zvg/SETR code only accepts exactly `image_size` inputs, for which nothing is resized.)
-    Output: `logits` (B, num_labels, h, w) at the decoder's output stride (PUP: 1, MLA: 4, naive: 16 / up_scale) of
-    the padded input; `full_resolution_logits` / `hf_segmodels.infer_logits` resize them bilinearly to (H, W).
+    Output: `logits` (B, num_labels, h, w) at the decoder's output stride of the padded input (patch size / the
+    head's total upsampling: PUP 1, MLA 4, naive 4 (mmseg) or 16 (original)); `full_resolution_logits` /
+    `hf_segmodels.infer_logits` resize them bilinearly to (H, W), as both reference implementations do.
     The auxiliary heads only run when `labels` are given.
     """
 
