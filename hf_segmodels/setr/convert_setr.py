@@ -8,7 +8,6 @@ channels of its classifier are reordered accordingly.
 """
 
 import os
-import re
 
 import torch
 
