@@ -12,11 +12,17 @@ and loads both from disk in ONE process. It checks that the logits agree (max ab
 other processes on the machine hits both alike) and the median of the repeats is reported; the speed ratio is
 transformers' median time / ours.
 
-Peak memory: each model is loaded in a FRESH subprocess (so that neither sees the other's allocations or allocator
-caches), runs one warm-up forward, then the kernel's peak-RSS counter is reset (`echo 5 > /proc/self/clear_refs`) and
-the current RSS read (`VmRSS`); after one more forward, `VmHWM` minus that baseline is the forward pass's peak extra
-resident memory (activations and temporaries; weights and input are in the baseline). Where `clear_refs` is not
-available, the difference of `ru_maxrss` before and after the first forward is reported instead (marked "ru").
+Peak memory: each model is loaded in a FRESH subprocess (so that neither sees the other's allocations, nor memory
+that the C allocator kept from earlier runs), the kernel's peak-RSS counter is reset (`echo 5 >
+/proc/self/clear_refs`) and the resident size read (`VmRSS`); after ONE forward pass, `VmHWM` minus that baseline is
+the forward pass's peak extra resident memory (activations, temporaries and one-time library buffers; weights and
+input are in the baseline). Where `clear_refs` is not available, the growth of `ru_maxrss` over the forward is
+reported instead (marked "ru"; it misses peaks below the loading peak).
+
+Timings on a shared machine: the default thread count (torch's, one per core) is what users get, but when other
+processes keep the cores busy, OpenMP threads that wait for each other make every op slower by an amount that has
+nothing to do with the model; `--threads 1` gives steadier numbers then. The ratio of the medians is the figure to
+read; absolute times move with the load.
 """
 
 import argparse
@@ -87,16 +93,16 @@ def measure_peak_memory(kind: str, path: str, size: int) -> dict:
     model = load(kind, Path(path))
     pixel_values = torch.randn(1, 3, size, size)
     with torch.inference_mode():
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        model(pixel_values)
-        after_first = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         try:
             Path("/proc/self/clear_refs").write_text("5")
             baseline = _status("VmRSS")
             model(pixel_values)
-            return {"peak_bytes": _status("VmHWM") - baseline, "method": "hwm", "baseline_bytes": baseline}
+            return {"peak_bytes": _status("VmHWM") - baseline, "method": "hwm"}
         except OSError:
-            return {"peak_bytes": after_first - before, "method": "ru", "baseline_bytes": before}
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            model(pixel_values)
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            return {"peak_bytes": after - before, "method": "ru"}
 
 
 def peak_memory_in_subprocess(kind: str, path: Path, size: int) -> dict:

@@ -161,3 +161,45 @@ def test_missing_files_and_failed_conversions_write_nothing(golden_dir, tmp_path
               str(output)])  # fmt: skip
     assert [p.name for p in output.iterdir()] == ["keep.txt"]
     shutil.rmtree(output)
+
+
+def _to_original_layout(state_dict: dict) -> dict:
+    """Our keys -> NVlabs/SegFormer keys (the inverse of the converter, written out independently)."""
+    import re
+
+    rules = [
+        (r"segformer\.stages\.(\d)\.patch_embed\.(proj|norm)\.(.*)", lambda m: f"backbone.patch_embed{int(m[1]) + 1}.{m[2]}.{m[3]}"),
+        (r"segformer\.stages\.(\d)\.norm\.(.*)", lambda m: f"backbone.norm{int(m[1]) + 1}.{m[2]}"),
+        (r"segformer\.stages\.(\d)\.blocks\.(\d+)\.mlp\.dwconv\.(.*)", lambda m: f"backbone.block{int(m[1]) + 1}.{m[2]}.mlp.dwconv.dwconv.{m[3]}"),
+        (r"segformer\.stages\.(\d)\.blocks\.(\d+)\.(.*)", lambda m: f"backbone.block{int(m[1]) + 1}.{m[2]}.{m[3]}"),
+        (r"decode_head\.linear_c\.(\d)\.proj\.(.*)", lambda m: f"decode_head.linear_c{int(m[1]) + 1}.proj.{m[2]}"),
+        (r"decode_head\.linear_fuse\.weight", lambda m: "decode_head.linear_fuse.conv.weight"),
+        (r"decode_head\.batch_norm\.(.*)", lambda m: f"decode_head.linear_fuse.bn.{m[1]}"),
+        (r"decode_head\.classifier\.(.*)", lambda m: f"decode_head.linear_pred.{m[1]}"),
+    ]  # fmt: skip
+    converted = {}
+    for key, value in state_dict.items():
+        match = next((m, target) for pattern, target in rules if (m := re.fullmatch(pattern, key)))
+        converted[match[1](match[0])] = value
+    return converted
+
+
+def test_released_variant_b0_in_the_original_format(tmp_path):
+    """A full MiT-B0 ADE20K model written in the original layout converts back to the same model; the config's
+    `mit_b0` is checked against the weights and 150 classes get the ADE20K test protocol."""
+    torch.manual_seed(0)
+    model = hf_segmodels.SegformerForSemanticSegmentation(hf_segmodels.SegformerConfig.from_preset("b0-ade-512")).eval()
+    state_dict = _to_original_layout(model.state_dict())
+    state_dict["decode_head.conv_seg.weight"] = torch.zeros(150, 128, 1, 1)
+    state_dict["decode_head.conv_seg.bias"] = torch.zeros(150)
+    config = ("model = dict(type='EncoderDecoder', backbone=dict(type='mit_b0', style='pytorch'), decode_head=dict("
+              "type='SegFormerHead', in_channels=[32, 64, 160, 256], channels=128, num_classes=150, "
+              "align_corners=False, decoder_params=dict(embed_dim=256)))\n")  # fmt: skip
+    torch.save({"meta": {"config": config, "CLASSES": tuple(model.config.id2label.values())},
+                "state_dict": state_dict}, tmp_path / "b0.pth")  # fmt: skip
+    converted, processor = convert_segformer_checkpoint(tmp_path / "b0.pth")
+    assert converted.config.to_dict()["hidden_sizes"] == [32, 64, 160, 256]
+    assert converted.config.id2label[0] == "wall" and processor.do_reduce_labels and processor.size_divisor == 32
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(pixel_values).logits, model(pixel_values).logits, rtol=0, atol=0)
