@@ -131,3 +131,20 @@ def test_semantic_post_processing_equals_transformers(target_sizes):
     assert len(actual) == len(expected) == 2
     for ours, theirs in zip(actual, expected):
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+
+
+def test_pytorch_bin_with_transformers5_module_names(tmp_path):
+    """A `pytorch_model.bin` holding the module names of transformers >= 5 (`stages.*.attention.q_proj`, ...)
+    converts as well as the Hub layout that `save_pretrained` writes."""
+    from hf_segmodels.segformer.convert_segformer import convert_segformer_checkpoint
+
+    theirs = randomized_transformers_model("tiny")
+    state_dict = theirs.state_dict()
+    assert any(".attention.q_proj." in key for key in state_dict)
+    (tmp_path / "model").mkdir()
+    torch.save(state_dict, tmp_path / "model" / "pytorch_model.bin")
+    theirs.config.to_json_file(tmp_path / "model" / "config.json")
+    ours, _ = convert_segformer_checkpoint(tmp_path / "model", source="transformers")
+    pixel_values = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixel_values).logits, theirs(pixel_values).logits, atol=1e-5, rtol=0)

@@ -364,7 +364,7 @@ def image_processor_from_mmseg_config(cfg: dict | None, num_labels: int) -> Segf
     return SegformerImageProcessor(**kwargs)
 
 
-def _load_transformers_source(checkpoint: Path, config_path) -> tuple[dict, dict, Path | None]:
+def _load_transformers_source(checkpoint: Path, config_path, allow_unsafe_pickle: bool) -> tuple[dict, dict, Path | None]:
     """(state dict, config.json dict, folder holding preprocessor_config.json) of a transformers checkpoint given as
     a folder (config.json + model.safetensors / pytorch_model.bin) or as a weights file with `--config`."""
     folder = checkpoint if checkpoint.is_dir() else None
@@ -396,7 +396,7 @@ def _load_transformers_source(checkpoint: Path, config_path) -> tuple[dict, dict
             raise ConversionError(f"Checkpoint not found: {str(weights)!r} does not exist or is not a file.")
         state_dict = load_file(str(weights))
     else:
-        state_dict = load_checkpoint(weights)
+        state_dict = load_checkpoint(weights, allow_unsafe_pickle=allow_unsafe_pickle)
     return state_dict, config_dict, folder or config_path.parent
 
 
@@ -441,7 +441,7 @@ def convert_segformer_checkpoint(
     if source == "transformers":
         if not checkpoint_path.exists():
             raise ConversionError(f"Checkpoint not found: {str(checkpoint_path)!r} does not exist.")
-        state_dict, config_dict, folder = _load_transformers_source(checkpoint_path, config_path)
+        state_dict, config_dict, folder = _load_transformers_source(checkpoint_path, config_path, allow_unsafe_pickle)
         config = config_from_transformers(config_dict)
         converted = convert_transformers_state_dict(state_dict)
         processor = _image_processor_from_transformers(folder)
