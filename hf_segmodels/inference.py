@@ -23,26 +23,46 @@ def _window_starts(size: int, window: int, stride: int) -> list[int]:
     return [start for start in range(0, size, stride) if start < last] + [last]
 
 
-def _slide(model, pixel_values: torch.Tensor, window: tuple[int, int], stride: tuple[int, int], batch_size: int):
-    batch, _, height, width = pixel_values.shape
-    window_h, window_w = min(window[0], height), min(window[1], width)
-    anchors = [
-        (top, left)
-        for top in _window_starts(height, window_h, stride[0])
-        for left in _window_starts(width, window_w, stride[1])
-    ]
-    # (num_windows * batch, C, window_h, window_w), window-major so that one model call sees several windows.
-    crops = torch.cat([pixel_values[:, :, t : t + window_h, l : l + window_w] for t, l in anchors])
-    window_logits = torch.cat(
-        [model.full_resolution_logits(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)]
-    ).unflatten(0, (len(anchors), batch))
+def _coverage(starts: torch.Tensor, window: int, size: int) -> torch.Tensor:
+    """(size,) number of windows of length `window` starting at `starts` that cover each position."""
+    covered = (starts[:, None] + torch.arange(window, device=starts.device)).flatten()
+    ones = torch.ones(covered.shape, device=starts.device)
+    return torch.zeros(size, device=starts.device).index_add_(0, covered, ones)
 
-    summed = window_logits.new_zeros(batch, window_logits.shape[2], height, width)
-    count = window_logits.new_zeros(1, 1, height, width)
-    for (top, left), logits in zip(anchors, window_logits):
-        summed[:, :, top : top + window_h, left : left + window_w] += logits
-        count[:, :, top : top + window_h, left : left + window_w] += 1
-    return summed / count
+
+def _slide(model, pixel_values: torch.Tensor, window: tuple[int, int], stride: tuple[int, int], batch_size: int):
+    batch, channels, height, width = pixel_values.shape
+    window_h, window_w = min(window[0], height), min(window[1], width)
+    row_starts = torch.tensor(_window_starts(height, window_h, stride[0]), device=pixel_values.device)
+    col_starts = torch.tensor(_window_starts(width, window_w, stride[1]), device=pixel_values.device)
+    # Windows in row-major order, as the originals visit them (the sums below add in that order too).
+    tops = row_starts.repeat_interleave(len(col_starts))
+    lefts = col_starts.repeat(len(row_starts))
+    window_rows = torch.arange(window_h, device=pixel_values.device)
+    window_cols = torch.arange(window_w, device=pixel_values.device)
+
+    # The windows tile a grid of row x column starts, so the number of windows covering a pixel is the product of the
+    # row and column coverage counts: computed once, not accumulated window by window.
+    row_count = _coverage(row_starts, window_h, height)
+    col_count = _coverage(col_starts, window_w, width)
+
+    summed = None
+    for first in range(0, len(tops), batch_size):
+        rows = (tops[first : first + batch_size, None] + window_rows)[:, :, None]  # (n, window_h, 1)
+        cols = (lefts[first : first + batch_size, None] + window_cols)[:, None, :]  # (n, 1, window_w)
+        # One gather for the whole batch of crops: (B, C, n, h, w) -> (n * B, C, h, w), window-major.
+        crops = pixel_values[:, :, rows, cols].permute(2, 0, 1, 3, 4).reshape(-1, channels, window_h, window_w)
+        logits = model.full_resolution_logits(crops)
+        num_labels = logits.shape[1]
+        if summed is None:
+            # low-precision (autocast) scores are summed in float32
+            dtype = torch.promote_types(logits.dtype, torch.float32)
+            summed = logits.new_zeros(batch * num_labels, height * width, dtype=dtype)
+        # Every window pixel is added at its flat image position in one `index_add_` (window order preserved).
+        logits = logits.unflatten(0, (-1, batch)).permute(1, 2, 0, 3, 4).reshape(batch * num_labels, -1)
+        summed.index_add_(1, (rows * width + cols).flatten(), logits.to(summed.dtype))
+    count = row_count[:, None] * col_count[None, :]
+    return summed.view(batch, -1, height, width).div_(count.to(summed.dtype))
 
 
 def _single_view(model, pixel_values, window, stride, batch_size):
