@@ -19,13 +19,6 @@ from pathlib import Path
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 _AUTO_MAP_FILES = ("config.json", "preprocessor_config.json")
 
-INSTALL_HINT = (
-    "This checkpoint needs the hf_segmodels package: `pip install hf-segmodels`, then `import hf_segmodels` before "
-    "loading it with transformers' Auto classes (or load a repository converted with --remote_code with "
-    "`trust_remote_code=True`)."
-)
-
-
 @dataclass(frozen=True)
 class UploadFile:
     path_in_repo: str
@@ -50,7 +43,7 @@ class UploadPlan:
         visibility = "private" if self.private else "public"
         branch = self.revision or "main"
         lines = [
-            f"[dry run] no network access; a push would:",
+            "[dry run] no network access; a push would:",
             f"  1. create_repo({self.repo_id!r}, private={self.private}, exist_ok=True)  ({visibility} model repo)",
         ]
         step = 2
@@ -147,20 +140,10 @@ def strip_remote_code(folder: str | os.PathLike) -> None:
         path.unlink()
 
 
-def has_remote_code(folder: str | os.PathLike) -> bool:
-    """Whether `folder` carries an `auto_map` and the code files it names."""
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    auto_map = config.get("auto_map") or {}
-    return bool(auto_map) and all((folder / f"{ref.split('.')[0]}.py").is_file() for ref in auto_map.values())
-
-
 __all__ = [
-    "INSTALL_HINT",
     "REQUIRED_FILES",
     "UploadFile",
     "UploadPlan",
-    "has_remote_code",
     "plan_upload",
     "push_plan",
     "strip_remote_code",

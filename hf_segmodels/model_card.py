@@ -34,6 +34,10 @@ ARCHITECTURES = {
         "license": "mit",
         "license_note": "The original code and weights are released under the MIT licence.",
         "model_type": "segmodels_segmenter",
+        "verification": (
+            "The converter is tested against outputs of the original implementation (rstrudel/segmenter) on small "
+            "random-weight checkpoints in the release format (atol 1e-4)."
+        ),
         "summary": (
             "Segmenter (Strudel et al., ICCV 2021) encodes the image with a plain Vision Transformer and decodes the "
             "patch tokens either with a linear layer or with a Mask Transformer: learnable class embeddings are "
@@ -54,6 +58,10 @@ ARCHITECTURES = {
         "license": "mit",
         "license_note": "The original code and weights are released under the MIT licence.",
         "model_type": "segmodels_setr",
+        "verification": (
+            "The converter is tested against outputs of the original implementation (fudan-zvg/SETR and "
+            "mmsegmentation) on small random-weight checkpoints in the release format (atol 1e-4)."
+        ),
         "summary": (
             "SETR (Zheng et al., CVPR 2021) treats segmentation as sequence-to-sequence prediction: a ViT encoder "
             "without any downsampling, followed by a naive (1x1 conv + bilinear), progressive-upsampling (PUP) or "
@@ -78,6 +86,11 @@ ARCHITECTURES = {
             "use (research or evaluation) only. The licence is linked above; redistributions must include it."
         ),
         "model_type": "segmodels_segformer",
+        "verification": (
+            "The converter is tested against outputs of the original implementation (NVlabs/SegFormer and "
+            "mmsegmentation) on small random-weight checkpoints in the release format (atol 1e-4), and the model "
+            "against transformers' SegformerForSemanticSegmentation on identical weights."
+        ),
         "summary": (
             "SegFormer (Xie et al., NeurIPS 2021) pairs a hierarchical Mix Transformer encoder (MiT-B0..B5: "
             "overlapping patch embeddings, efficient self-attention with spatial reduction, Mix-FFN with a 3x3 "
@@ -100,6 +113,10 @@ ARCHITECTURES = {
             "International licence (non-commercial use only)."
         ),
         "model_type": "segmodels_maskformer",
+        "verification": (
+            "The model is tested against transformers' MaskFormerForInstanceSegmentation on identical weights, and "
+            "the converter on checkpoints built in the original detectron2 key layout from such a model."
+        ),
         "summary": (
             "MaskFormer (Cheng et al., NeurIPS 2021) casts semantic and panoptic segmentation as mask "
             "classification: a backbone and an FPN pixel decoder produce per-pixel embeddings, a DETR transformer "
@@ -279,6 +296,7 @@ def render_model_card(
         paper=info["paper"],
         repository=info["repository"],
         license_note=info["license_note"],
+        verification=info["verification"],
         checkpoint=checkpoint,
         download_url=download_url,
         checkpoint_note=checkpoint_note,

@@ -142,9 +142,9 @@ def test_usage_snippet_names_exist(architecture):
     import hf_segmodels
 
     assert attributes == ["infer_logits"] and all(hasattr(hf_segmodels, name) for name in attributes)
-    processor_class = importlib.import_module("hf_segmodels").__dict__[
-        {"segmenter": "SegmenterImageProcessor", "setr": "SetrImageProcessor", "segformer": "SegformerImageProcessor",
-         "maskformer": "MaskFormerImageProcessor"}[architecture]]
+    processor_class = getattr(hf_segmodels, {"segmenter": "SegmenterImageProcessor", "setr": "SetrImageProcessor",
+                                             "segformer": "SegformerImageProcessor",
+                                             "maskformer": "MaskFormerImageProcessor"}[architecture])
     assert hasattr(processor_class, "post_process_semantic_segmentation")
 
 
