@@ -149,6 +149,14 @@ class TransformerLayer(GradientCheckpointingLayer):
         return hidden_states, weights
 
 
+def linear_drop_path_rates(max_rate: float, num_layers: int) -> list[float]:
+    """Stochastic-depth rates growing linearly from 0 to `max_rate` (as `torch.linspace`, but also under
+    `torch.device("meta")`, where tensors have no values)."""
+    if num_layers <= 1:
+        return [0.0] * num_layers
+    return [max_rate * index / (num_layers - 1) for index in range(num_layers)]
+
+
 def _pair(value) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[1]))
 
@@ -250,7 +258,7 @@ class ViTEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = ViTEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        rates = linear_drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList(
             TransformerLayer(
                 config,

@@ -7,7 +7,13 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from ..layers import TransformerLayer, ViTEncoder, init_vit_weights, tokens_to_feature_map
+from ..layers import (
+    TransformerLayer,
+    ViTEncoder,
+    init_vit_weights,
+    linear_drop_path_rates,
+    tokens_to_feature_map,
+)
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, check_pixel_values
 from ..remote_code import RemoteCodeModelMixin
@@ -35,7 +41,7 @@ class MaskTransformerDecoder(nn.Module):
         self.num_labels = config.num_labels
         self.proj_dec = nn.Linear(config.hidden_size, width)
         self.cls_emb = nn.Parameter(torch.zeros(1, config.num_labels, width))
-        rates = torch.linspace(0, config.decoder_drop_path_rate, config.decoder_num_hidden_layers).tolist()
+        rates = linear_drop_path_rates(config.decoder_drop_path_rate, config.decoder_num_hidden_layers)
         self.layers = nn.ModuleList(
             TransformerLayer(
                 config,
