@@ -20,8 +20,6 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 from hf_segmodels.hub import plan_upload
 from hf_segmodels.model_card import ZOO_PATH, load_zoo, render_zoo_card, usage_snippet, validate_model_card
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def no_network(monkeypatch):
