@@ -7,8 +7,8 @@
 
 For each entry of `model_cards/zoo.json` the checkpoint is looked up in `--source_dir` (recursively) by its file name,
 or, for names several releases share (Segmenter's `checkpoint.pth`), by its trailing folders
-(`ade20k/seg_tiny_mask/checkpoint.pth`); MaskFormer files are checked against the md5 prefix in their name. Each found
-checkpoint is converted with its architecture's converter (side file: `variant.yml` / flattened `.py` config, looked
+(`ade20k/seg_tiny_mask/checkpoint.pth`). Each found checkpoint is checked against the hashes the zoo records (the md5
+prefix in MaskFormer's file names, a sha256 where one is recorded), converted with its architecture's converter (side file: `variant.yml` / flattened `.py` config, looked
 up next to the checkpoint, then anywhere in `--source_dir`), checked (number of classes as released, a forward pass
 that gives finite logits of the right shape), written with its model card to `<output_dir>/<name>` and, with
 `--push_to_hub`, uploaded to `<org>/<name>` in one commit (`--dry_run`: printed, no network). A summary table ends
@@ -60,12 +60,21 @@ def _convert(entry: dict, checkpoint: Path, config: Path | None, allow_unsafe_pi
     raise ConversionError(f"No converter for architecture {architecture!r}.")
 
 
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_hashes(entry: dict, checkpoint: Path) -> None:
+    """The md5 prefix that MaskFormer puts in its file names, and a full sha256 where the zoo records one."""
+    prefix, sha256 = entry["checkpoint"].get("md5_prefix"), entry["checkpoint"].get("sha256")
+    if prefix and not file_digest(checkpoint, "md5").startswith(prefix):
+        raise ConversionError(f"md5 of {checkpoint.name} does not start with {prefix} (corrupt or different file)")
+    if sha256 and file_digest(checkpoint, "sha256") != sha256:
+        raise ConversionError(f"sha256 of {checkpoint.name} is not the zoo's {sha256} (corrupt or different file)")
 
 
 def verify_runs(model, num_labels: int, size: int = 64) -> None:
@@ -110,9 +119,7 @@ def find_config(entry: dict, checkpoint: Path, source_dir: Path) -> Path | None:
 
 def convert_entry(entry: dict, checkpoint: Path, args, zoo: dict) -> str:
     """Converts, checks, writes (and pushes) one release; returns its status line. Raises on failure."""
-    prefix = entry["checkpoint"].get("md5_prefix")
-    if prefix and not md5_of(checkpoint).startswith(prefix):
-        raise ConversionError(f"md5 of {checkpoint.name} does not start with {prefix} (corrupt or different file)")
+    check_hashes(entry, checkpoint)
     config = find_config(entry, checkpoint, args.source_dir)
     model, processor = _convert(entry, checkpoint, config, args.allow_unsafe_pickle)
     verify_runs(model.eval(), entry["num_labels"])

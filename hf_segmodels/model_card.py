@@ -362,6 +362,8 @@ def validate_zoo(zoo: dict) -> list[str]:
             problems.append(f"{where}: `num_labels` (classes of the released model) must be a positive int")
         if not _REPO_NAME.match(name) or not name.startswith(f"{architecture}-"):
             problems.append(f"{where}: the Hub name must be `{architecture}-<variant>-<dataset>` in lower case")
+        if entry.get("hub_repo") != f"{zoo.get('org')}/{name}":
+            problems.append(f"{where}: `hub_repo` must be `<org>/<name>` with the zoo's default org")
         if not name.endswith(f"-{DATASETS[dataset]['short']}"):
             problems.append(f"{where}: the Hub name must end with the dataset, `-{DATASETS[dataset]['short']}`")
         checkpoint = entry["checkpoint"]

@@ -131,11 +131,15 @@ def test_known_release_gets_the_zoo_card_and_remote_code_is_opt_in(golden_dir, t
     assert "auto_map" in json.loads((tmp_path / "out" / "config.json").read_text())
 
 
-def _zoo_for_golden(tmp_path: Path) -> Path:
+def _zoo_for_golden(tmp_path: Path, golden_dir: Path) -> Path:
     zoo = load_zoo()
     for entry in zoo["models"]:
         if entry["name"] in ("segmenter-t16-ade", "segformer-b0-ade", "setr-pup-ade"):
             entry["num_labels"] = 5  # the golden checkpoints are tiny 5-class models
+        if entry["name"] == "segformer-b0-ade":
+            entry["checkpoint"]["sha256"] = _sha256(golden_dir / "segformer" / "segformer_original_tiny" / "checkpoint.pth")
+        if entry["name"] == "segmenter-l16-cityscapes":
+            entry["checkpoint"]["sha256"] = "0" * 64
     path = tmp_path / "zoo.json"
     path.write_text(json.dumps(zoo))
     return path
@@ -154,19 +158,23 @@ def test_convert_zoo_converts_what_it_finds(golden_dir, tmp_path, capsys, no_net
                 source / "SETR_PUP_512x512_160k_ade20k_bs_16.pth")  # its flattened .py config is missing
     (source / "model_final_d8dbeb.pkl").write_bytes(b"not the MaskFormer R50 ADE20K release")
     (source / "model_final_7aa977.pkl").write_bytes(b"panoptic R50: found, not convertible yet")
+    (source / "cityscapes" / "seg_large_mask").mkdir(parents=True)  # a file whose sha256 is not the recorded one
+    for name in ("checkpoint.pth", "variant.yml"):
+        shutil.copy(golden_dir / "segmenter" / "mask_tiny" / name, source / "cityscapes" / "seg_large_mask" / name)
     output = tmp_path / "converted"
     status = main(["--source_dir", str(source), "--org", "test-org", "--output_dir", str(output), "--zoo",
-                   str(_zoo_for_golden(tmp_path)), "--push_to_hub", "--dry_run"])
+                   str(_zoo_for_golden(tmp_path, golden_dir)), "--push_to_hub", "--dry_run"])
     captured = capsys.readouterr()
-    assert status == 1  # two found releases failed
+    assert status == 1  # three found releases failed
     rows = {line.split(" | ")[0].strip(): line.split(" | ")[2] for line in captured.out.splitlines() if " | " in line}
     assert rows["segmenter-t16-ade"].startswith("converted") and "dry run" in rows["segmenter-t16-ade"]
     assert rows["segformer-b0-ade"].startswith("converted")
     assert "FAILED" in rows["setr-pup-ade"] and "SETR_PUP_512x512_160k_ade20k_bs_16.py was not found" in rows["setr-pup-ade"]
     assert "FAILED" in rows["maskformer-r50-ade"] and "md5" in rows["maskformer-r50-ade"]
     assert "not convertible yet" in rows["maskformer-r50-ade-panoptic"]
+    assert "FAILED" in rows["segmenter-l16-cityscapes"] and "sha256" in rows["segmenter-l16-cityscapes"]
     assert rows["segmenter-l16-ade"].startswith("not found")
-    assert "2 converted, 3 found but not converted, 58 not found." in captured.out
+    assert "2 converted, 4 found but not converted, 57 not found." in captured.out
     assert "converting" in captured.err  # the progress bar
     assert "create_commit('test-org/segmenter-t16-ade'" in captured.out
 
@@ -180,7 +188,7 @@ def test_convert_zoo_converts_what_it_finds(golden_dir, tmp_path, capsys, no_net
 
     # Only the convertible releases: success.
     status = main(["--source_dir", str(source), "--output_dir", str(tmp_path / "again"), "--zoo",
-                   str(_zoo_for_golden(tmp_path)), "--only", "segformer-b0-ade", "segmenter-l16-ade"])
+                   str(_zoo_for_golden(tmp_path, golden_dir)), "--only", "segformer-b0-ade", "segmenter-l16-ade"])
     assert status == 0 and (tmp_path / "again" / "segformer-b0-ade" / "model.safetensors").is_file()
 
 
