@@ -5,14 +5,15 @@
         [--push_to_hub [--dry_run] [--private] [--revision REV]] [--remote_code] [--only NAME ...]
     python conversion_scripts/convert_zoo.py --write_cards [--org ORG]     # re-render model_cards/<arch>/<name>.md
 
-For each entry of `model_cards/zoo.json` the checkpoint is looked up in `--source_dir` (recursively) by its file name,
-or, for names several releases share (Segmenter's `checkpoint.pth`), by its trailing folders
+For each entry of `model_cards/zoo.json` the checkpoint is looked up in `--source_dir` (recursively) by its file
+name, or, for names several releases share (Segmenter's `checkpoint.pth`), by its trailing folders
 (`ade20k/seg_tiny_mask/checkpoint.pth`). Each found checkpoint is checked against the hashes the zoo records (the md5
-prefix in MaskFormer's file names, a sha256 where one is recorded), converted with its architecture's converter (side file: `variant.yml` / flattened `.py` config, looked
-up next to the checkpoint, then anywhere in `--source_dir`), checked (number of classes as released, a forward pass
-that gives finite logits of the right shape), written with its model card to `<output_dir>/<name>` and, with
-`--push_to_hub`, uploaded to `<org>/<name>` in one commit (`--dry_run`: printed, no network). A summary table ends
-the run; the exit status is 1 when an entry that was found could not be converted.
+prefix in MaskFormer's file names, a sha256 where one is recorded), converted with its architecture's converter (side
+file: `variant.yml` / flattened `.py` config, looked up next to the checkpoint, then anywhere in `--source_dir`),
+checked (number of classes as released, a forward pass that gives finite logits of the right shape), written with its
+model card to `<output_dir>/<name>` and, with `--push_to_hub`, uploaded to `<org>/<name>` in one commit (`--dry_run`:
+printed, no network). A summary table ends the run; the exit status is 1 when an entry that was found could not be
+converted.
 """
 
 import argparse
