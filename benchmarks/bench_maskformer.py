@@ -62,7 +62,8 @@ def compare(functions: dict, repeats: int) -> dict:
     return results
 
 
-def run(name: str, size: int, repeats: int) -> dict:
+def build_models(name: str):
+    """transformers' MaskFormerForInstanceSegmentation with random weights (150 classes) and our conversion of it."""
     torch.manual_seed(0)
     config = MaskFormerConfig(backbone_config=BACKBONES[name](), decoder_config=DetrConfig(use_timm_backbone=False),
                               num_labels=150)
@@ -70,6 +71,23 @@ def run(name: str, size: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
         ours, _ = convert_transformers_checkpoint(directory)
+    return reference, ours.eval()
+
+
+def synthetic_outputs(output_type, mask_size: tuple[int, int], num_queries: int = 100, num_labels: int = 150):
+    """Outputs of the real shapes with smooth blob masks and confident classes, so that many queries become
+    segments (random weights give near-uniform masks and no segment)."""
+    generator = torch.Generator().manual_seed(0)
+    blobs = torch.nn.functional.interpolate(
+        8 * torch.randn(1, num_queries, 16, 16, generator=generator) - 14, size=mask_size, mode="bilinear"
+    )
+    class_logits = torch.randn(1, num_queries, num_labels + 1, generator=generator)
+    class_logits[0, torch.arange(num_queries), torch.randint(0, num_labels, (num_queries,), generator=generator)] += 8
+    return output_type(class_queries_logits=class_logits, masks_queries_logits=blobs)
+
+
+def run(name: str, size: int, repeats: int) -> dict:
+    reference, ours = build_models(name)
     pixel_values = torch.randn(1, 3, size, size)
 
     def transformers_forward():
@@ -98,16 +116,7 @@ def run(name: str, size: int, repeats: int) -> dict:
             (mine.class_queries_logits - theirs.class_queries_logits).abs().max().item(),
             (mine.logits - their_scores).abs().max().item(),
         )
-        # Random weights give near-uniform masks and no segment; post-processing is timed on outputs of the same
-        # shapes with smooth blob masks and confident classes, so that many queries become segments.
-        generator = torch.Generator().manual_seed(0)
-        blobs = torch.nn.functional.interpolate(
-            8 * torch.randn(1, 100, 16, 16, generator=generator) - 14, size=theirs.masks_queries_logits.shape[-2:],
-            mode="bilinear",
-        )
-        class_logits = torch.randn(1, 100, 151, generator=generator)
-        class_logits[0, torch.arange(100), torch.randint(0, 150, (100,), generator=generator)] += 8
-        synthetic = type(theirs)(class_queries_logits=class_logits, masks_queries_logits=blobs)
+        synthetic = synthetic_outputs(type(theirs), theirs.masks_queries_logits.shape[-2:])
         target = [(size, size)]
         processors = {"transformers": MaskFormerImageProcessorPil(), "ours": MaskFormerImageProcessor()}
         post = compare(

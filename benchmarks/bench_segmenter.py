@@ -39,18 +39,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
-    torch.manual_seed(0)
-
-    vit = ViTModel(
-        ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                  image_size=args.size, patch_size=16, layer_norm_eps=1e-6, attn_implementation="sdpa"),
-        add_pooling_layer=False,
-    ).eval()
-    assert vit.config._attn_implementation == "sdpa"
-    config = SegmenterConfig.from_original_variant("seg_base_mask", dataset="ade20k", image_size=args.size,
-                                                   layer_norm_eps=1e-6, attn_implementation="sdpa")
-    model = SegmenterForSemanticSegmentation(config).eval()
-    load_pretrained_vit(model.encoder, _timm_state_dict(vit))  # identical weights, via the timm-layout loader
+    vit, model = build_models(args.size)
 
     pixel_values = torch.randn(1, 3, args.size, args.size)
     with torch.inference_mode():
@@ -73,6 +62,22 @@ def main():
     print(f"  encoder ratio ours / transformers: {encoder / peer:.3f}  (target <= 1.0)")
     print(f"  decoder share of the whole model:  {(whole - encoder) / whole:.1%}")
     print(f"  max abs diff of encoder outputs:   {difference.item():.2e}")
+
+
+def build_models(size: int) -> tuple[ViTModel, SegmenterForSemanticSegmentation]:
+    """transformers' ViT-B/16 (sdpa, no pooler) and our Segmenter-B/16 mask (ADE20K) whose encoder has its weights."""
+    torch.manual_seed(0)
+    vit = ViTModel(
+        ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                  image_size=size, patch_size=16, layer_norm_eps=1e-6, attn_implementation="sdpa"),
+        add_pooling_layer=False,
+    ).eval()
+    assert vit.config._attn_implementation == "sdpa"
+    config = SegmenterConfig.from_original_variant("seg_base_mask", dataset="ade20k", image_size=size,
+                                                   layer_norm_eps=1e-6, attn_implementation="sdpa")
+    model = SegmenterForSemanticSegmentation(config).eval()
+    load_pretrained_vit(model.encoder, _timm_state_dict(vit))  # identical weights, via the timm-layout loader
+    return vit, model
 
 
 def _timm_state_dict(vit: ViTModel) -> dict:

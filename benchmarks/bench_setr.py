@@ -42,22 +42,8 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--implementation", default="original", choices=("original", "mmseg"))
     args = parser.parse_args()
-    torch.manual_seed(0)
-
-    config = SetrConfig.from_preset("setr_pup_large_ade20k", implementation=args.implementation,
-                                    image_size=args.size, attn_implementation="sdpa")
-    vit = ViTModel(
-        ViTConfig(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-                  num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-                  image_size=args.size, patch_size=16, layer_norm_eps=1e-6, attn_implementation="sdpa"),
-        add_pooling_layer=False,
-    ).eval()
-    assert vit.config._attn_implementation == "sdpa" and config._attn_implementation == "sdpa"
-    model = SetrForSemanticSegmentation(config).eval()
-    if config.patch_embeddings_bias:
-        with tempfile.TemporaryDirectory() as directory:  # identical weights, through the transformers-dir loader
-            vit.save_pretrained(directory)
-            load_pretrained_vit(model.encoder, directory)
+    vit, model = build_models(args.size, args.implementation)
+    config = model.config
 
     pixel_values = torch.randn(1, 3, args.size, args.size)
     with torch.inference_mode():
@@ -83,6 +69,27 @@ def main():
     print(f"  decoder share of the whole model:  {(whole - encoder) / whole:.1%}")
     print(f"  max abs diff of encoder outputs:   {difference:.2e}")
 
+
+
+def build_models(size: int, implementation: str = "original") -> tuple[ViTModel, SetrForSemanticSegmentation]:
+    """transformers' ViT-L/16 (sdpa, no pooler) and our SETR-PUP T-Large (ADE20K) whose encoder has its weights (when
+    the implementation's patch embedding has a bias, as ViTModel's has; otherwise the weights differ)."""
+    torch.manual_seed(0)
+    config = SetrConfig.from_preset("setr_pup_large_ade20k", implementation=implementation, image_size=size,
+                                    attn_implementation="sdpa")
+    vit = ViTModel(
+        ViTConfig(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+                  num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+                  image_size=size, patch_size=16, layer_norm_eps=1e-6, attn_implementation="sdpa"),
+        add_pooling_layer=False,
+    ).eval()
+    assert vit.config._attn_implementation == "sdpa" and config._attn_implementation == "sdpa"
+    model = SetrForSemanticSegmentation(config).eval()
+    if config.patch_embeddings_bias:
+        with tempfile.TemporaryDirectory() as directory:  # identical weights, through the transformers-dir loader
+            vit.save_pretrained(directory)
+            load_pretrained_vit(model.encoder, directory)
+    return vit, model
 
 if __name__ == "__main__":
     main()

@@ -246,7 +246,7 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
             winners = probs.argmax(0)
             num_kept = probs.shape[0]
             area = torch.bincount(winners.flatten(), minlength=num_kept)
-            original_area = (probs >= mask_threshold).flatten(1).sum(1)
+            original_area = torch.count_nonzero((probs >= mask_threshold).flatten(1), dim=1)
             exists = (area > 0) & (original_area > 0)
             exists &= area / original_area.clamp(min=1) > overlap_mask_area_threshold
 

@@ -126,7 +126,7 @@ class MaskFormerConvNormLayer(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.norm = nn.GroupNorm(32, out_channels)
-        self.activation = nn.ReLU() if activation else nn.Identity()
+        self.activation = nn.ReLU(inplace=True) if activation else nn.Identity()  # on the GroupNorm's fresh output
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.norm(self.conv(hidden_states)))
@@ -155,7 +155,7 @@ class MaskFormerPixelDecoder(nn.Module):
         fpn_outputs = (hidden_states,)
         for lateral_conv, output_conv, feature in zip(self.lateral_convs, self.output_convs, features[-2::-1]):
             lateral = lateral_conv(feature)
-            hidden_states = lateral + F.interpolate(hidden_states, size=lateral.shape[-2:], mode="nearest")
+            hidden_states = lateral.add_(F.interpolate(hidden_states, size=lateral.shape[-2:], mode="nearest"))
             hidden_states = output_conv(hidden_states)
             fpn_outputs += (hidden_states,)
         return self.mask_projection(hidden_states), fpn_outputs
