@@ -48,8 +48,12 @@ NUM_LABELS = 150  # ADE20K
 
 
 def build_checkpoints(variant: str, folder: Path) -> tuple[Path, Path]:
-    """Saves a random transformers SegFormer and our conversion of it; returns both folders."""
+    """Saves a random transformers SegFormer and our conversion of it (once per variant); returns both folders."""
     import transformers
+
+    theirs, ours = folder / f"transformers-{variant}", folder / f"ours-{variant}"
+    if ours.is_dir():
+        return theirs, ours
 
     from hf_segmodels.conversion_utils import save_converted
     from hf_segmodels.segformer.convert_segformer import convert_segformer_checkpoint
@@ -62,10 +66,9 @@ def build_checkpoints(variant: str, folder: Path) -> tuple[Path, Path]:
         model.decode_head.batch_norm.running_var.uniform_(0.5, 1.5)
         model.decode_head.batch_norm.weight.normal_(1, 0.1)
         model.decode_head.batch_norm.bias.normal_(0, 0.1)
-    theirs = folder / f"transformers-{variant}"
     model.save_pretrained(theirs)
     ours_model, processor = convert_segformer_checkpoint(theirs, source="transformers")
-    ours = save_converted(folder / f"ours-{variant}", ours_model, processor)
+    save_converted(ours, ours_model, processor)
     return theirs, ours
 
 
