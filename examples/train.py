@@ -405,10 +405,12 @@ def main(argv=None):
     for epoch in range(start_epoch, num_epochs):
         if completed_steps >= args.max_train_steps:
             break
-        sampler.set_epoch(epoch)
+        # The prepared loader passes its own epoch counter to the sampler when iterated, so it is set, not the sampler.
+        train_loader.set_epoch(epoch)
         loader, first_batch = train_loader, 0
         if epoch == start_epoch and resume_batches:
             loader, first_batch = accelerator.skip_first_batches(train_loader, resume_batches), resume_batches
+            loader.set_epoch(epoch)
         for batch_index, batch in enumerate(loader, start=first_batch):
             with accelerator.accumulate(model):
                 loss = model(**batch).loss

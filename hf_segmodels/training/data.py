@@ -22,17 +22,34 @@ def load_splits(dataset_name: str, dataset_config_name: str | None = None) -> Da
     `datasets.load_dataset` (imagefolder, parquet, arrow), or a Hub dataset id."""
     path = Path(dataset_name)
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        # `datasets` cannot load a saved split with 0 examples (it fails with an IndexError): name it instead.
+        empty = [
+            state.parent.name for state in sorted([path / "state.json", *path.glob("*/state.json")])
+            if state.is_file() and not json.loads(state.read_text()).get("_data_files")
+        ]
+        if empty:
+            raise ValueError(f"The dataset at {str(path)!r} has empty split(s) {empty} (0 examples).")
         loaded = load_from_disk(str(path))
     elif path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix)
         if builder is None:
             raise ValueError(f"Cannot load {str(path)!r}: use a .parquet / .arrow file or a dataset folder.")
-        loaded = load_dataset(builder, data_files=str(path))
+        loaded = _load_dataset(builder, data_files=str(path))
     else:
-        loaded = load_dataset(dataset_name, dataset_config_name)
+        loaded = _load_dataset(dataset_name, dataset_config_name)
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     return loaded
+
+
+def _load_dataset(*args, **kwargs):
+    try:
+        return load_dataset(*args, **kwargs)
+    except ValueError as error:
+        if "corresponds to no data" in str(error):
+            source = kwargs.get("data_files") or args[0]
+            raise ValueError(f"The dataset {str(source)!r} has an empty split (0 examples): {error}") from None
+        raise
 
 
 def get_split(splits: DatasetDict, split: str, columns: tuple[str, ...]) -> Dataset:
