@@ -205,6 +205,19 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
             return super().resize(image.astype(np.int32), size, resample=resample, **kwargs).astype(np.int64)
         return super().resize(image, size, resample=resample, **kwargs)
 
+    def _rescale_normalize_table(
+        self, channels: int, do_rescale: bool, rescale_factor: float, do_normalize: bool, image_mean, image_std
+    ) -> np.ndarray:
+        """(channels, 256) float32: the rescaled and normalised value of every 8-bit level of every channel. An 8-bit
+        (C, H, W) image is then converted with one table look-up per pixel instead of several float passes; the table
+        goes through the same `rescale` / `normalize` calls, so the result is bit-identical."""
+        table = np.broadcast_to(np.arange(256, dtype=np.float32), (channels, 1, 256)).copy()
+        if do_rescale:
+            table = self.rescale(table, rescale_factor)
+        if do_normalize:
+            table = self.normalize(table.astype(np.float32), image_mean, image_std)
+        return table.astype(np.float32).reshape(channels, 256)
+
     def _preprocess(
         self,
         images: list[np.ndarray],
@@ -225,11 +238,19 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
                 image = self.reduce_label(image)
             if do_resize:
                 image = self.resize(image, size, resample)
-            if do_rescale:
-                image = self.rescale(image.astype(np.float32), rescale_factor)
-            if do_normalize:
-                image = self.normalize(image.astype(np.float32), image_mean, image_std)
-            processed.append(image.astype(np.float32) if (do_rescale or do_normalize) else image)
+            if (do_rescale or do_normalize) and image.dtype == np.uint8 and image.ndim == 3:
+                table = self._rescale_normalize_table(image.shape[0], do_rescale, rescale_factor, do_normalize,
+                                                      image_mean, image_std)  # fmt: skip
+                converted = np.empty(image.shape, dtype=np.float32)
+                for channel in range(image.shape[0]):
+                    np.take(table[channel], image[channel], out=converted[channel])
+                image = converted
+            else:
+                if do_rescale:
+                    image = self.rescale(image.astype(np.float32), rescale_factor)
+                if do_normalize:
+                    image = self.normalize(image.astype(np.float32), image_mean, image_std)
+            processed.append(image.astype(np.float32, copy=False) if (do_rescale or do_normalize) else image)
         return processed
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
