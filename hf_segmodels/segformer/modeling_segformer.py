@@ -423,8 +423,10 @@ class SegformerDecodeHead(nn.Module):
 
     def merged_parameters(self) -> tuple[list[StageWeights], torch.Tensor]:
         """The per-stage merged weights and the common bias of `forward_merged`, cached while the parameters are
-        unchanged and gradients are off (with gradients on they are recomputed, so gradients reach the parameters)."""
-        if torch.is_grad_enabled():
+        unchanged and gradients are off (with gradients on they are recomputed, so gradients reach the parameters;
+        under torch.compile too)."""
+        # Under torch.compile the folding is traced into the graph (the cache check would break it).
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._compute_merged()
         state = self._parameter_state()
         if state is None:
@@ -441,8 +443,8 @@ class SegformerDecodeHead(nn.Module):
         stage_weights, bias = self.merged_parameters()
         size = feature_maps[0].shape[-2:]
         # Without autograd, every upsampled map is written into one reused buffer: fresh multi-megabyte allocations
-        # cost page faults that take as long as the upsampling itself.
-        reuse_buffer = not torch.is_grad_enabled()
+        # cost page faults that take as long as the upsampling itself (a compiler plans its own buffers).
+        reuse_buffer = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         fused = buffer = None
         for feature_map, (weight, stage_bias, block) in zip(feature_maps, stage_weights):
             tokens = map_to_tokens(feature_map)
