@@ -178,9 +178,10 @@ def main(argv=None) -> list[dict]:
             results.append(result)
             med, peak = result["median_s"], result["peak_mb"]
             print(
-                f"{result['case']:>8}: transformers {med['transformers'] * 1e3:8.1f} ms | ours {med['ours'] * 1e3:8.1f} ms"
-                f" | speed ratio {result['ratio']:.2f}x | peak forward memory transformers {peak['transformers']:7.1f} MiB,"
-                f" ours {peak['ours']:7.1f} MiB ({result['memory_method']}) | max |diff| {result['max_abs_diff']:.2e}",
+                f"{result['case']:>8}: transformers {med['transformers'] * 1e3:8.1f} ms | "
+                f"ours {med['ours'] * 1e3:8.1f} ms | speed ratio {result['ratio']:.2f}x | peak forward memory "
+                f"transformers {peak['transformers']:7.1f} MiB, ours {peak['ours']:7.1f} MiB "
+                f"({result['memory_method']}) | max |diff| {result['max_abs_diff']:.2e}",
                 flush=True,
             )
     if args.json:

@@ -89,11 +89,13 @@ def convert_mmseg_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, t
         (r"backbone\.layers\.(\d)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", _split_in_proj),
         (r"backbone\.layers\.(\d)\.1\.(\d+)\.attn\.attn\.out_proj\.(weight|bias)",
          r"segformer.stages.\1.blocks.\2.attn.proj.\3"),
-        (r"backbone\.layers\.(\d)\.1\.(\d+)\.attn\.(sr|norm)\.(weight|bias)", r"segformer.stages.\1.blocks.\2.attn.\3.\4"),
+        (r"backbone\.layers\.(\d)\.1\.(\d+)\.attn\.(sr|norm)\.(weight|bias)",
+         r"segformer.stages.\1.blocks.\2.attn.\3.\4"),
         (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.0\.weight",
          squeeze_1x1(r"segformer.stages.\1.blocks.\2.mlp.fc1.weight")),
         (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.0\.bias", r"segformer.stages.\1.blocks.\2.mlp.fc1.bias"),
-        (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"segformer.stages.\1.blocks.\2.mlp.dwconv.\3"),
+        (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.1\.(weight|bias)",
+         r"segformer.stages.\1.blocks.\2.mlp.dwconv.\3"),
         (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.4\.weight",
          squeeze_1x1(r"segformer.stages.\1.blocks.\2.mlp.fc2.weight")),
         (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.4\.bias", r"segformer.stages.\1.blocks.\2.mlp.fc2.bias"),
@@ -162,7 +164,8 @@ def convert_transformers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict
         block_rule(r"mlp\.(?:dense1|fc1)\.(weight|bias)", "mlp.fc1.{0}"),
         block_rule(r"mlp\.(?:dense2|fc2)\.(weight|bias)", "mlp.fc2.{0}"),
         block_rule(r"mlp\.dwconv\.dwconv\.(weight|bias)", "mlp.dwconv.{0}"),
-        (r"decode_head\.(?:linear_c|linear_projections)\.(\d)\.proj\.(weight|bias)", r"decode_head.linear_c.\1.proj.\2"),
+        (r"decode_head\.(?:linear_c|linear_projections)\.(\d)\.proj\.(weight|bias)",
+         r"decode_head.linear_c.\1.proj.\2"),
         (r"decode_head\.linear_fuse\.weight", "decode_head.linear_fuse.weight"),
         (r"decode_head\.batch_norm\.(weight|bias|running_mean|running_var|num_batches_tracked)",
          r"decode_head.batch_norm.\1"),
@@ -212,13 +215,15 @@ def config_from_original(state_dict: dict[str, torch.Tensor], cfg: dict | None) 
     when the config gives one); heads are (1, 2, 5, 8) in every variant."""
     source = "original SegFormer"
     num_stages = 4
-    widths = [_shape(state_dict, f"backbone.patch_embed{i + 1}.proj.weight", source)[0] for i in range(num_stages)]
-    patch_sizes = [_shape(state_dict, f"backbone.patch_embed{i + 1}.proj.weight", source)[-1] for i in range(num_stages)]
+    embeddings = [_shape(state_dict, f"backbone.patch_embed{i + 1}.proj.weight", source) for i in range(num_stages)]
+    widths, patch_sizes = [shape[0] for shape in embeddings], [shape[-1] for shape in embeddings]
     depths = []
     for stage in range(num_stages):
         indices = {int(m.group(1)) for k in state_dict if (m := re.match(rf"backbone\.block{stage + 1}\.(\d+)\.", k))}
         if not indices:
-            raise ConversionError(f"The {source} checkpoint has no blocks for stage {stage + 1} (backbone.block{stage + 1}.*).")
+            raise ConversionError(
+                f"The {source} checkpoint has no blocks for stage {stage + 1} (backbone.block{stage + 1}.*)."
+            )
         depths.append(max(indices) + 1)
     sr_ratios = [
         state_dict[key].shape[-1] if (key := f"backbone.block{i + 1}.0.attn.sr.weight") in state_dict else 1
@@ -364,7 +369,9 @@ def image_processor_from_mmseg_config(cfg: dict | None, num_labels: int) -> Segf
     return SegformerImageProcessor(**kwargs)
 
 
-def _load_transformers_source(checkpoint: Path, config_path, allow_unsafe_pickle: bool) -> tuple[dict, dict, Path | None]:
+def _load_transformers_source(
+    checkpoint: Path, config_path, allow_unsafe_pickle: bool
+) -> tuple[dict, dict, Path | None]:
     """(state dict, config.json dict, folder holding preprocessor_config.json) of a transformers checkpoint given as
     a folder (config.json + model.safetensors / pytorch_model.bin) or as a weights file with `--config`."""
     folder = checkpoint if checkpoint.is_dir() else None
