@@ -246,7 +246,11 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
             winners = probs.argmax(0)
             num_kept = probs.shape[0]
             area = torch.bincount(winners.flatten(), minlength=num_kept)
-            original_area = torch.count_nonzero((probs >= mask_threshold).flatten(1), dim=1)
+            # counted 4 queries at a time: a reduction over the whole boolean (N, H, W) stack would first copy it to
+            # int64 (8 bytes per query and pixel), doubling the peak memory of post-processing
+            original_area = torch.cat([
+                torch.count_nonzero(chunk.flatten(1) >= mask_threshold, dim=1) for chunk in probs.split(4)
+            ])
             exists = (area > 0) & (original_area > 0)
             exists &= area / original_area.clamp(min=1) > overlap_mask_area_threshold
 
