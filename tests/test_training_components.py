@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, DatasetDict, Features, Image
+from datasets import DatasetDict
 
 from hf_segmodels.training import augmentation as aug
 from hf_segmodels.training.checkpointing import latest_checkpoint, resolve_checkpoint

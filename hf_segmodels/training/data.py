@@ -3,7 +3,6 @@ column and label checks, the decoding transform (`datasets.set_transform`, nothi
 augmented training samples and the evaluation samples."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +263,3 @@ def dataloader_generator(seed: int) -> torch.Generator:
     would shift dropout masks between an uninterrupted and a resumed run)."""
     return torch.Generator().manual_seed(seed)
 
-
-def save_id2label(path: str | os.PathLike, id2label: dict[int, str]) -> None:
-    Path(path).write_text(json.dumps({str(k): v for k, v in id2label.items()}, indent=2))
