@@ -37,6 +37,7 @@ from hf_segmodels import (  # noqa: E402
     infer_logits,
 )
 from hf_segmodels.inference import _window_starts  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 
 
 def naive_sliding_window(model, pixel_values: torch.Tensor, window: tuple[int, int], stride: tuple[int, int]):
@@ -61,16 +62,6 @@ def cpu_seconds(function) -> float:
     return time.process_time() - start
 
 
-def interleaved_medians(functions: dict, repeats: int) -> dict:
-    for function in functions.values():
-        function()  # warm-up
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            times[name].append(cpu_seconds(function))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def sliding_window(repeats: int, batch_size: int) -> dict:
     torch.manual_seed(0)
     config = SegformerConfig(hidden_sizes=[32, 64, 160, 256], depths=[1, 1, 1, 1], decoder_hidden_size=128,
@@ -93,6 +84,7 @@ def sliding_window(repeats: int, batch_size: int) -> dict:
                                                                   window_batch_size=1),
             },
             repeats,
+            clock="cpu",
         )  # fmt: skip
     return {
         "ours_batch_1_s": medians["ours, one window per call"],
@@ -137,6 +129,7 @@ def processor_throughput(repeats: int) -> dict:
             "peer": lambda: peer(images, return_tensors="pt"),
         },
         repeats,
+        clock="cpu",
     )
     defaults = {}
     for processor in (SegmenterImageProcessor(), SetrImageProcessor(), SegformerImageProcessor(),

@@ -11,27 +11,13 @@ Timings interleave the two models (median of --repeats runs each) so machine noi
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 from transformers import ViTConfig, ViTModel
 
 from hf_segmodels import SegmenterConfig, SegmenterForSemanticSegmentation
 from hf_segmodels.pretrained import load_pretrained_vit
-
-
-def interleaved_medians(functions: dict, repeats: int, warmup: int = 2) -> dict:
-    for function in functions.values():
-        for _ in range(warmup):
-            function()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+from timing import interleaved_medians
 
 
 def main():

@@ -51,6 +51,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 RESULTS = HERE / "results"
 
+from timing import interleaved  # noqa: E402
+
 # name -> (architecture, variant, targets: {row work: minimum ratio peer / ours})
 CASES = {
     "segformer-b0": ("SegFormer", "MiT-B0, 150 classes", {"forward": 1.5}),
@@ -65,21 +67,6 @@ CASES = {
 # ------------------------------------------------------------------------------------------------------------------
 # measurement
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def interleaved(functions: dict, repeats: int, warmup: int = 1) -> dict:
-    """Runs the functions alternately; per function the CPU and wall seconds of every repeat."""
-    for function in functions.values():
-        for _ in range(warmup):
-            function()
-    times = {name: {"cpu": [], "wall": []} for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            cpu, wall = time.process_time(), time.perf_counter()
-            function()
-            times[name]["wall"].append(time.perf_counter() - wall)
-            times[name]["cpu"].append(time.process_time() - cpu)
-    return times
 
 
 def summary(values: list[float]) -> dict:

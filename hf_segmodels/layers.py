@@ -65,6 +65,25 @@ def attention_interface(config, output_attentions: bool) -> Callable:
     return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
 
 
+def attend(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output_attentions: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-head attention of (B, heads, N, head_dim) queries over (B, heads, M, head_dim) keys / values with the
+    implementation of `module.config`, the module's `scaling` and (in training) `attention_dropout`.
+    Returns (B, N, heads, head_dim) and the probabilities (B, heads, N, M) when `output_attentions`, else None."""
+    attention = attention_interface(module.config, output_attentions)
+    output, weights = attention(
+        module,
+        query,
+        key,
+        value,
+        None,
+        scaling=module.scaling,
+        dropout=module.attention_dropout if module.training else 0.0,
+    )
+    return output, (weights if output_attentions else None)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention with one fused `qkv` projection (rows q, k, v; heads contiguous inside each), as
     timm's ViT, Segmenter and the original SETR store it."""
@@ -90,18 +109,8 @@ class MultiHeadSelfAttention(nn.Module):
         query, key, value = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4
         )
-        attention = attention_interface(self.config, output_attentions)
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            None,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )
-        output = self.proj_dropout(self.proj(output.reshape(batch, length, channels)))
-        return output, (weights if output_attentions else None)
+        output, weights = attend(self, query, key, value, output_attentions)
+        return self.proj_dropout(self.proj(output.reshape(batch, length, channels))), weights
 
 
 class FeedForward(nn.Module):

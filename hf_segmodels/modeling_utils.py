@@ -3,6 +3,9 @@
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from .remote_code import RemoteCodeModelMixin
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3) -> None:
@@ -23,6 +26,19 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3) -> Non
         raise ValueError(
             f"`pixel_values` must be a floating point tensor of normalised pixels, got dtype {pixel_values.dtype}."
         )
+
+
+class SegmentationPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
+    """Base of the four architectures' `...PreTrainedModel` classes: image input, transformers' attention backends
+    (`attn_implementation="sdpa"`, "eager", ...), gradient checkpointing and remote-code saving."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
 
 class SegmentationModelMixin:

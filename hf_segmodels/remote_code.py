@@ -100,27 +100,26 @@ class RemoteCodeModelMixin:
         return result
 
 
-class RemoteCodeConfigMixin:
+class _RemoteCodeJsonMixin:
+    """Saves the flat code of the object's class and adds its `auto_map` entry to `_remote_code_json`."""
+
+    _remote_code_json = "config.json"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        auto_class = _auto_class(self)
+        with _WithoutTransformersCodeCopy(self):
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        if auto_class is not None:
+            write_flat_code(type(self).__module__, save_directory)
+            _add_auto_map(Path(save_directory) / self._remote_code_json, {auto_class: _reference(type(self))})
+        return result
+
+
+class RemoteCodeConfigMixin(_RemoteCodeJsonMixin):
     """For `PreTrainedConfig` subclasses registered with `register_for_auto_class`."""
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        auto_class = _auto_class(self)
-        with _WithoutTransformersCodeCopy(self):
-            result = super().save_pretrained(save_directory, *args, **kwargs)
-        if auto_class is not None:
-            write_flat_code(type(self).__module__, save_directory)
-            _add_auto_map(Path(save_directory) / "config.json", {auto_class: _reference(type(self))})
-        return result
 
-
-class RemoteCodeImageProcessorMixin:
+class RemoteCodeImageProcessorMixin(_RemoteCodeJsonMixin):
     """For image processors registered with `register_for_auto_class`."""
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        auto_class = _auto_class(self)
-        with _WithoutTransformersCodeCopy(self):
-            result = super().save_pretrained(save_directory, *args, **kwargs)
-        if auto_class is not None:
-            write_flat_code(type(self).__module__, save_directory)
-            _add_auto_map(Path(save_directory) / "preprocessor_config.json", {auto_class: _reference(type(self))})
-        return result
+    _remote_code_json = "preprocessor_config.json"

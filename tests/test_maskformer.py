@@ -10,7 +10,6 @@ from transformers import AutoModelForUniversalSegmentation
 
 import hf_segmodels
 from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, infer_logits
-from hf_segmodels.maskformer.convert_maskformer import convert_transformers_checkpoint
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

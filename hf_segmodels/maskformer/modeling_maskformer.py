@@ -4,23 +4,20 @@ DETR transformer decoder, and mask classification (a class and a mask embedding 
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from ..layers import attention_interface
+from ..layers import attend
 from ..losses import check_semantic_labels
-from ..modeling_utils import SegmentationModelMixin, check_pixel_values
-from ..remote_code import RemoteCodeModelMixin
+from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_maskformer import MaskFormerConfig
 
 
@@ -213,18 +210,8 @@ class MaskFormerAttention(nn.Module):
         query = self.q_proj(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(keys).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(values).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        attention = attention_interface(self.config, output_attentions)
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            None,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )
-        output = self.o_proj(output.reshape(batch, num_queries, channels))
-        return output, (weights if output_attentions else None)
+        output, weights = attend(self, query, key, value, output_attentions)
+        return self.o_proj(output.reshape(batch, num_queries, channels)), weights
 
 
 class MaskFormerDecoderLayer(GradientCheckpointingLayer):
@@ -540,16 +527,9 @@ def semantic_scores(class_queries_logits: torch.Tensor, masks_queries_logits: to
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class MaskFormerPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
+class MaskFormerPreTrainedModel(SegmentationPreTrainedModel):
     config: MaskFormerConfig
     base_model_prefix = "maskformer"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
     _no_split_modules = ["MaskFormerDecoderLayer"]
 
     @torch.no_grad()

@@ -18,17 +18,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
 
-from ..layers import DropPath, attention_interface
+from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
-from ..modeling_utils import SegmentationModelMixin, check_pixel_values
-from ..remote_code import RemoteCodeModelMixin
+from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_segformer import SegformerConfig
 
 
@@ -101,18 +99,8 @@ class EfficientSelfAttention(nn.Module):
         if self.sr_ratio > 1:
             reduced = self.norm(map_to_tokens(self.sr(tokens_to_map(hidden_states, size))))
         key, value = self.kv(reduced).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attention = attention_interface(self.config, output_attentions)
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            None,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )
-        output = self.proj_dropout(self.proj(output.reshape(batch, length, channels)))
-        return output, (weights if output_attentions else None)
+        output, weights = attend(self, query, key, value, output_attentions)
+        return self.proj_dropout(self.proj(output.reshape(batch, length, channels))), weights
 
 
 class MixFFN(nn.Module):
@@ -200,16 +188,9 @@ class SegformerModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class SegformerPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
+class SegformerPreTrainedModel(SegmentationPreTrainedModel):
     config: SegformerConfig
     base_model_prefix = "segformer"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
     _no_split_modules = ["SegformerLayer"]
 
     @torch.no_grad()

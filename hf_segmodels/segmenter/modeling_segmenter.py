@@ -3,7 +3,6 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
@@ -15,8 +14,7 @@ from ..layers import (
     tokens_to_feature_map,
 )
 from ..losses import semantic_cross_entropy
-from ..modeling_utils import SegmentationModelMixin, check_pixel_values
-from ..remote_code import RemoteCodeModelMixin
+from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_segmenter import SegmenterConfig
 
 
@@ -79,16 +77,9 @@ class MaskTransformerDecoder(nn.Module):
         return tokens_to_feature_map(masks, grid), attentions
 
 
-class SegmenterPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
+class SegmenterPreTrainedModel(SegmentationPreTrainedModel):
     config: SegmenterConfig
     base_model_prefix = "segmenter"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
     _no_split_modules = ["TransformerLayer"]
 
     @torch.no_grad()

@@ -4,14 +4,12 @@ aggregation (MLA) decoder, with auxiliary heads on intermediate layers for train
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ..layers import ViTEncoder, init_vit_weights, tokens_to_feature_map
 from ..losses import semantic_cross_entropy
-from ..modeling_utils import SegmentationModelMixin, check_pixel_values
-from ..remote_code import RemoteCodeModelMixin
+from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_setr import SetrConfig
 
 
@@ -163,16 +161,9 @@ class MlaAuxiliaryHead(nn.Module):
         return self.classifier(self.dropout(stream))
 
 
-class SetrPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
+class SetrPreTrainedModel(SegmentationPreTrainedModel):
     config: SetrConfig
     base_model_prefix = "setr"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
     _no_split_modules = ["TransformerLayer"]
 
     @torch.no_grad()
