@@ -1,7 +1,22 @@
 """Registration of our classes with transformers' Auto API."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation, PreTrainedConfig, PreTrainedModel
+from transformers.models.auto import modeling_auto
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
+
+
+def _announce_to_pipelines(auto_class, model_type: str, model_class: type) -> None:
+    """`pipeline("image-segmentation")` checks models against transformers' static class-name tables, which
+    `register` does not touch, and logs "not supported" for registered models; add ours to those tables. Our model
+    types are not in `CONFIG_MAPPING_NAMES`, so the lazy Auto mappings never try to import them from there."""
+    names = {
+        "AutoModelForSemanticSegmentation": modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
+        "AutoModelForUniversalSegmentation": modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES,
+        "AutoModelForInstanceSegmentation": modeling_auto.MODEL_FOR_INSTANCE_SEGMENTATION_MAPPING_NAMES,
+    }.get(auto_class.__name__)
+    if names is not None:
+        names.setdefault(model_type, model_class.__name__)
 
 
 def register_architecture(
@@ -23,9 +38,12 @@ def register_architecture(
     # transformers maps to a config class of the same *name* (our SegformerConfig / MaskFormerConfig), so that a
     # machine with torchvision would silently get transformers' processor instead of ours.
     IMAGE_PROCESSOR_MAPPING.register(config_class, {"pil": image_processor_class}, exist_ok=True)
-    AutoModelForSemanticSegmentation.register(config_class, model_class, exist_ok=True)
-    for auto_class in extra_auto_classes:
+    # Declares "no video processor". Without it, `pipeline(...)` looks for one, derives a remote-code class name
+    # from our processor's `auto_map` and interactively asks whether to trust that (non-existent) custom code.
+    VIDEO_PROCESSOR_MAPPING.register(config_class, {}, exist_ok=True)
+    for auto_class in (AutoModelForSemanticSegmentation, *extra_auto_classes):
         auto_class.register(config_class, model_class, exist_ok=True)
+        _announce_to_pipelines(auto_class, config_class.model_type, model_class)
     if base_model_class is not None:
         AutoModel.register(config_class, base_model_class, exist_ok=True)
         base_model_class.register_for_auto_class("AutoModel")

@@ -10,6 +10,7 @@ from transformers import (
     AutoModelForSemanticSegmentation,
     AutoModelForUniversalSegmentation,
 )
+from transformers.models.auto import modeling_auto
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
 import hf_segmodels
@@ -33,6 +34,10 @@ def test_public_names_and_auto_registration(model_type, config_name, model_name,
     # Only our processor: never transformers' class of the same name (SegformerConfig / MaskFormerConfig collide
     # by name with transformers' own configs).
     assert IMAGE_PROCESSOR_MAPPING[config_class] == {"pil": processor_class}
+    # pipeline("image-segmentation") recognises the model (no "not supported" message), and the lazy Auto mapping
+    # still iterates without trying to import our model types from transformers.
+    assert modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES[model_type] == model_name
+    assert config_class in AutoModelForSemanticSegmentation._model_mapping.keys()
     assert config_class._auto_class == "AutoConfig"
     assert model_class._auto_class == "AutoModelForSemanticSegmentation"
     assert processor_class._auto_class == "AutoImageProcessor"
@@ -47,3 +52,30 @@ def test_maskformer_is_also_a_universal_and_instance_segmentation_model():
 def test_import_is_quiet():
     done = subprocess.run([sys.executable, "-c", "import hf_segmodels"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout == "" and "torchvision" not in done.stderr, done.stderr
+
+
+def test_pipeline_on_a_saved_folder_never_prompts_for_remote_code(tmp_path, monkeypatch):
+    """save_pretrained writes an `auto_map` (for trust_remote_code users); with the package installed, the pipeline
+    must use the local classes without asking (transformers would otherwise look for a video processor)."""
+    import builtins
+
+    import numpy as np
+    import PIL.Image
+    import torch
+    from transformers import pipeline
+
+    prompts = []
+
+    def record_prompt(*args, **kwargs):
+        prompts.append(args)
+        return "n"
+
+    monkeypatch.setattr(builtins, "input", record_prompt)
+    torch.manual_seed(0)
+    config = hf_segmodels.SegmenterConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=64, image_size=32, patch_size=8, num_labels=3)
+    hf_segmodels.SegmenterForSemanticSegmentation(config).save_pretrained(tmp_path)
+    hf_segmodels.SegmenterImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    segments = pipeline("image-segmentation", model=str(tmp_path))(PIL.Image.fromarray(np.zeros((20, 24, 3), np.uint8)))
+    assert segments and all(isinstance(s["score"], float) for s in segments)
+    assert prompts == []
