@@ -91,7 +91,7 @@ def infer_logits(
     stride: Sequence[int] | int | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    window_batch_size: int = 8,
+    window_batch_size: int | None = None,
 ) -> torch.FloatTensor:
     """Full-resolution class scores of any of our segmentation models.
 
@@ -102,7 +102,9 @@ def infer_logits(
             pads to a multiple of the patch size and crops back). A `(h, w)` window and stride run sliding-window
             inference with the original semantics: windows start at the multiples of the stride below
             `size - window` plus one flush with the border, each goes through the whole-image path, and scores are
-            averaged where windows overlap. Windows are run `window_batch_size` at a time.
+            averaged where windows overlap. Windows are run `window_batch_size` at a time; the default (None) is 1
+            on the CPU, where larger batches measured slower (they fall out of the caches; see
+            benchmarks/bench_infer.py), and 8 on accelerators.
         scales: test-time scales; the image is resized bilinearly to `int(size * scale + 0.5)`, and the scores are
             resized back to `(H, W)`.
         flip: also run every scale on the horizontally flipped image (scores flipped back).
@@ -118,6 +120,8 @@ def infer_logits(
         raise ValueError("`window` and `stride` must be given together (sliding window) or both left as None.")
     if window is not None:
         window, stride = _pair(window, "window"), _pair(stride, "stride")
+    if window_batch_size is None:
+        window_batch_size = 1 if pixel_values.device.type == "cpu" else 8
     if window_batch_size < 1:
         raise ValueError(f"`window_batch_size` must be >= 1, got {window_batch_size}.")
     scales = tuple(scales)
