@@ -668,11 +668,9 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         unexpected = set(kwargs) - {"pixel_mask"}
         if unexpected:
             raise TypeError(f"MaskFormerForUniversalSegmentation.forward() got unexpected arguments {sorted(unexpected)}.")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
         )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_auxiliary_logits is None:
             output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
         mask_labels, class_labels = self._check_targets(pixel_values, labels, mask_labels, class_labels)

@@ -271,11 +271,9 @@ class SegformerModel(SegformerPreTrainedModel):
         """pixel_values (B, num_channels, H, W) of any size large enough for the spatial reductions (29 pixels per
         side for the released configurations) -> `SegformerModelOutput`."""
         check_pixel_values(pixel_values, self.config.num_channels)
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
         )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_input_size(pixel_values.shape[-2:])
         # Channels-last from the start: the first patch embedding is then ~2x faster on CPU and its output already
         # has the token layout (the later stages receive channels-last views anyway).

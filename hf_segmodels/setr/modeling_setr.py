@@ -250,11 +250,9 @@ class SetrForSemanticSegmentation(SegmentationModelMixin, SetrPreTrainedModel):
         N, N)).
         """
         check_pixel_values(pixel_values, self.config.num_channels)
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
         )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None and tuple(labels.shape[-2:]) != tuple(pixel_values.shape[-2:]):
             raise ValueError(
                 f"`labels` of size {tuple(labels.shape[-2:])} do not match `pixel_values` of size "
