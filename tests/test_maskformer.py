@@ -170,6 +170,26 @@ def tiny_config(**kwargs):
     )
 
 
+def test_folded_mask_projection_equals_per_pixel_embeddings():
+    """By default the mask logits come from the mask projection folded into the mask embeddings (no per-pixel
+    embeddings); with output_hidden_states they are computed the long way. Both must agree, batch > 1 included."""
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        folded = model(pixel_values=pixel_values)
+        long_way = model(pixel_values=pixel_values, output_hidden_states=True)
+        embeddings = long_way.pixel_decoder_last_hidden_state
+        direct = torch.einsum("bqc,bchw->bqhw", model.mask_embedder(long_way.transformer_decoder_last_hidden_state),
+                              embeddings)
+    assert folded.pixel_decoder_last_hidden_state is None and embeddings.shape == (3, 32, 16, 24)
+    assert model.pixel_decoder.folding_is_cheaper(model.config.num_queries)
+    assert not model.pixel_decoder.folding_is_cheaper(10 * model.config.mask_feature_size)
+    torch.testing.assert_close(folded.masks_queries_logits, long_way.masks_queries_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded.masks_queries_logits, direct, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded.logits, long_way.logits, atol=1e-5, rtol=1e-5)
+
+
 def test_sdpa_and_eager_agree_and_attentions():
     torch.manual_seed(0)
     model = MaskFormerForUniversalSegmentation(tiny_config()).eval()

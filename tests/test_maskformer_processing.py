@@ -181,3 +181,25 @@ def test_pipeline(pipeline_model_dir, subtask):
     if subtask in (None, "panoptic"):
         assert [(a["label"], round(a["score"], 2)) for a in annotations] == [("class_0", 0.67)]
         assert np.array(annotations[0]["mask"]).min() == 255
+
+
+def test_panoptic_post_processing_with_ties_across_query_chunks_equals_transformers():
+    """40 kept queries (several chunks of the running arg-max) with saturated masks and equal scores: ties must go to
+    the lower query index exactly as transformers' arg-max over the whole stack."""
+    generator = torch.Generator().manual_seed(0)
+    queries, labels = 40, 5
+    class_logits = torch.full((1, queries, labels + 1), -20.0)
+    class_logits[0, torch.arange(queries), torch.arange(queries) % labels] = 20.0  # equal scores for all queries
+    blocks = torch.randint(0, 4, (1, queries, 6, 7), generator=generator)
+    mask_logits = torch.where(blocks == 0, 60.0, -60.0)  # sigmoid saturates to exactly 1.0: many ties
+    mask_logits = torch.nn.functional.interpolate(mask_logits, size=(12, 14), mode="nearest")
+    outputs = ModelOutput(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
+    for target_sizes in (None, [(25, 30)]):
+        for kwargs in ({}, {"overlap_mask_area_threshold": 0.0}):
+            ours = MaskFormerImageProcessor().post_process_panoptic_segmentation(
+                outputs, target_sizes=target_sizes, **kwargs)
+            theirs = MaskFormerImageProcessorPil().post_process_panoptic_segmentation(
+                outputs, target_sizes=target_sizes, label_ids_to_fuse=set(), **kwargs)
+            if kwargs:
+                assert len(ours[0]["segments_info"]) > 8
+            assert_segmentations_equal(ours, theirs)

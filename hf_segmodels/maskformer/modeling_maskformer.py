@@ -38,7 +38,11 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
         main outputs), `{"class_queries_logits", "masks_queries_logits"}`; returned when auxiliary losses are
         computed or `output_auxiliary_logits=True`.
     encoder_last_hidden_state (`(B, C, h/8, w/8)`): the backbone's last feature map (1/32 of the input).
-    pixel_decoder_last_hidden_state (`(B, mask_feature_size, h, w)`): the per-pixel embeddings.
+    pixel_decoder_last_hidden_state (`(B, mask_feature_size, h, w)`, *optional*): the per-pixel embeddings. Only
+        materialised when they are needed (auxiliary predictions, loss with auxiliary losses,
+        `output_hidden_states=True`, or more queries than `mask_feature_size`); otherwise `None`, because the mask
+        logits are then computed with the projection folded into the mask embeddings (same values, fewer
+        multiplications).
     transformer_decoder_last_hidden_state (`(B, Q, d_model)`): the query embeddings after the final LayerNorm.
     encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states (*optional*): the
         backbone's feature maps, the FPN outputs (low to high resolution) and the LayerNorm-ed output of every
@@ -145,9 +149,9 @@ class MaskFormerPixelDecoder(nn.Module):
         self.output_convs = nn.ModuleList(MaskFormerConvNormLayer(size, size, 3) for _ in feature_channels[:-1])
         self.mask_projection = nn.Conv2d(size, config.mask_feature_size, kernel_size=3, padding=1)
 
-    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """features: backbone maps, highest resolution first. Returns the per-pixel embeddings
-        (B, mask_feature_size, H/4, W/4) and the FPN outputs (B, fpn_feature_size, ., .), low to high resolution."""
+    def fpn(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """features: backbone maps, highest resolution first -> the FPN outputs (B, fpn_feature_size, ., .), low to
+        high resolution; the last one (1/4) is the input of `mask_projection`."""
         hidden_states = self.stem(features[-1])
         fpn_outputs = (hidden_states,)
         for lateral_conv, output_conv, feature in zip(self.lateral_convs, self.output_convs, features[-2::-1]):
@@ -155,7 +159,40 @@ class MaskFormerPixelDecoder(nn.Module):
             hidden_states = lateral.add_(F.interpolate(hidden_states, size=lateral.shape[-2:], mode="nearest"))
             hidden_states = output_conv(hidden_states)
             fpn_outputs += (hidden_states,)
-        return self.mask_projection(hidden_states), fpn_outputs
+        return fpn_outputs
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """features: backbone maps, highest resolution first. Returns the per-pixel embeddings
+        (B, mask_feature_size, H/4, W/4) and the FPN outputs (B, fpn_feature_size, ., .), low to high resolution."""
+        fpn_outputs = self.fpn(features)
+        return self.mask_projection(fpn_outputs[-1]), fpn_outputs
+
+    def projected_mask_logits(self, fpn_output: torch.Tensor, mask_embeddings: torch.Tensor) -> torch.Tensor:
+        """`mask_embeddings . mask_projection(fpn_output)` without the per-pixel embeddings: the projection is linear,
+        so each image's Q mask embeddings are folded into its weights (Q, C, 3, 3) and bias (Q,) and ONE convolution
+        with Q instead of mask_feature_size output channels gives the mask logits directly.
+
+        fpn_output (B, C, h, w), mask_embeddings (B, Q, mask_feature_size) -> mask logits (B, Q, h, w)."""
+        num_masks = mask_embeddings.shape[1]
+        if fpn_output.device.type == "cpu" and num_masks % 32:
+            # oneDNN's CPU convolutions are measured ~15% faster with a multiple of 32 output channels than with 100
+            # (zero embeddings for the padding channels, cropped below)
+            mask_embeddings = F.pad(mask_embeddings, (0, 0, 0, -num_masks % 32))
+        weight, bias = self.mask_projection.weight, self.mask_projection.bias
+        weights = torch.einsum("bqm,mckl->bqckl", mask_embeddings, weight)
+        biases = mask_embeddings @ bias
+        padding = self.mask_projection.padding
+        return torch.cat([
+            F.conv2d(fpn_output[index : index + 1], weights[index], biases[index], padding=padding)[:, :num_masks]
+            for index in range(fpn_output.shape[0])
+        ])
+
+    def folding_is_cheaper(self, num_masks: int) -> bool:
+        """Whether `projected_mask_logits` for `num_masks` mask embeddings per image costs fewer multiplications than
+        the projection to mask_feature_size channels followed by the (num_masks x mask_feature_size) product."""
+        out_channels, in_channels, kernel_h, kernel_w = self.mask_projection.weight.shape
+        taps = in_channels * kernel_h * kernel_w
+        return num_masks * taps < out_channels * taps + num_masks * out_channels
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -681,20 +718,27 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             features = folded_resnet_feature_maps(self.backbone, pixel_values)
         else:
             features = list(self.backbone(pixel_values).feature_maps)
-        pixel_embeddings, fpn_outputs = self.pixel_decoder(features)
+        fpn_outputs = self.pixel_decoder.fpn(features)
         queries, intermediate, self_attentions, cross_attentions = self.transformer_decoder(
             features[-1], output_intermediate=auxiliary or output_hidden_states, output_attentions=output_attentions
         )
 
-        auxiliary_outputs = None
+        auxiliary_outputs = pixel_embeddings = None
         if auxiliary:
+            pixel_embeddings = self.pixel_decoder.mask_projection(fpn_outputs[-1])
             class_logits, mask_logits = self._predict(torch.stack(intermediate), pixel_embeddings)
             class_queries_logits, masks_queries_logits = class_logits[-1], mask_logits[-1]
             auxiliary_outputs = [
                 {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], mask_logits[:-1])
             ]
-        else:
+        elif output_hidden_states or not self.pixel_decoder.folding_is_cheaper(queries.shape[1]):
+            pixel_embeddings = self.pixel_decoder.mask_projection(fpn_outputs[-1])
             class_queries_logits, masks_queries_logits = self._predict(queries, pixel_embeddings)
+        else:
+            # the per-pixel embeddings are only needed for the mask logits: fold the projection (exact algebra, ~2.5x
+            # fewer multiplications for 100 queries and 256 channels; see `projected_mask_logits`)
+            class_queries_logits = self.class_predictor(queries)
+            masks_queries_logits = self.pixel_decoder.projected_mask_logits(fpn_outputs[-1], self.mask_embedder(queries))
         logits = semantic_scores(class_queries_logits, masks_queries_logits)
 
         loss = None
