@@ -31,13 +31,18 @@ def tiny_transformers_model(kind: str, seed: int = 0) -> MaskFormerForInstanceSe
         num_labels=NUM_LABELS,
     )
     model = MaskFormerForInstanceSegmentation(config).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
+    return perturb_(model, seed + 1)
+
+
+def perturb_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Perturbs every float parameter and buffer in place (norms and biases included, running variances positive)
+    so that a wrong mapping (e.g. swapped norms) cannot go unnoticed; returns the model."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
-            # perturb every float tensor so that a wrong mapping (e.g. swapped norms) cannot go unnoticed
             if tensor.is_floating_point() and "relative_position_index" not in name and "empty_weight" not in name:
                 if name.endswith("running_var"):
                     tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
-                else:
+                elif "class_weights" not in name:
                     tensor.add_(0.05 * torch.randn(tensor.shape, generator=generator))
     return model

@@ -37,6 +37,18 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         use_auxiliary_loss (`bool`, defaults to `True`): deep supervision, i.e. the loss on the (LayerNorm-ed) output
             of every decoder layer, as the original trains.
         output_auxiliary_logits (`bool`, *optional*): return `auxiliary_outputs` even when no loss is computed.
+        pixel_decoder_encoder_layers (`int`, defaults to 0): transformer-encoder layers on the lowest-resolution
+            feature map inside the pixel decoder (the original's `TransformerEncoderPixelDecoder`, 6 in the released
+            R50 / R101 panoptic models): that map is projected to `fpn_feature_size` by a 1x1 conv, encoded by
+            post-norm DETR encoder layers (heads, FFN size, dropout and activation of `decoder_config`) with sine
+            position embeddings, and the encoded map is both the FPN's top level and the memory the transformer
+            decoder attends to. 0: the plain FPN (`BasePixelDecoder`), the decoder attends to the backbone's map.
+        backbone_deep_stem (`bool`, defaults to `False`): ResNet backbones only. Replace the 7x7 stem convolution by
+            the DeepLab stem of detectron2 (three 3x3 conv + BatchNorm + ReLU, the first with stride 2, to
+            `embedding_size // 2`, `embedding_size // 2` and `embedding_size` channels), as MaskFormer's R101c.
+        backbone_last_stage_dilations (`list[int]`, *optional*): ResNet backbones only. Dilation of the 3x3
+            convolution of every block of the last stage (DeepLab's multi-grid, `[1, 2, 4]` in R101c); the stage keeps
+            its stride.
         size_divisibility (`int`, defaults to 32): whole-image inference (`full_resolution_logits`) zero-pads the
             image to a multiple of this, as the original's `ImageList.from_tensors`, and crops the scores back.
         init_std, init_xavier_std (`float`): initialisation (normal std of embeddings; gain of Xavier inits).
@@ -81,6 +93,9 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     dice_weight: float | int = 1.0
     use_auxiliary_loss: bool = True
     output_auxiliary_logits: bool | None = None
+    pixel_decoder_encoder_layers: int = 0
+    backbone_deep_stem: bool = False
+    backbone_last_stage_dilations: list[int] | None = None
     size_divisibility: int = 32
     init_std: float = 0.02
     init_xavier_std: float | int = 1.0
@@ -116,6 +131,31 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             )
         if self.num_queries < 1:
             raise ValueError(f"`num_queries` must be positive, got {self.num_queries}.")
+        if self.pixel_decoder_encoder_layers < 0:
+            raise ValueError(
+                f"`pixel_decoder_encoder_layers` must be >= 0, got {self.pixel_decoder_encoder_layers}."
+            )
+        if self.pixel_decoder_encoder_layers and self.fpn_feature_size % self.decoder_config.decoder_attention_heads:
+            raise ValueError(
+                f"`fpn_feature_size` ({self.fpn_feature_size}) must be divisible by decoder_attention_heads "
+                f"({self.decoder_config.decoder_attention_heads}) for the pixel decoder's transformer encoder."
+            )
+        resnet_options = self.backbone_deep_stem or self.backbone_last_stage_dilations is not None
+        if resnet_options and self.backbone_config.model_type != "resnet":
+            raise ValueError(
+                "`backbone_deep_stem` and `backbone_last_stage_dilations` apply to ResNet backbones only, got a "
+                f"{self.backbone_config.model_type!r} backbone."
+            )
+        dilations = self.backbone_last_stage_dilations
+        if dilations is not None and self.backbone_config.layer_type != "bottleneck":
+            raise ValueError("`backbone_last_stage_dilations` needs a ResNet with bottleneck blocks.")
+        if dilations is not None:
+            depth = self.backbone_config.depths[-1]
+            if len(dilations) != depth or any(int(d) < 1 for d in dilations):
+                raise ValueError(
+                    f"`backbone_last_stage_dilations` needs one dilation >= 1 per block of the last stage ({depth}), "
+                    f"got {list(dilations)}."
+                )
 
 
 __all__ = ["MaskFormerConfig"]

@@ -18,6 +18,7 @@ Key mapping of the original checkpoint (module paths of facebookresearch/MaskFor
 |-------------------------------------------------------------------------|-------------------------------------------------------------|
 | `backbone.stem.conv1.weight` (detectron2 `resnet.BasicStem`)             | `backbone.embedder.embedder.convolution.weight`             |
 | `backbone.stem.conv1.norm.{weight,bias,running_mean,running_var}` (FrozenBN) | `backbone.embedder.embedder.normalization.*`            |
+| `backbone.stem.conv{j}.weight` / `.norm.*`, j = 1..3 (detectron2 `projects/DeepLab/deeplab/resnet.py` `DeepLabStem`, R101c) | `backbone.embedder.embedder.{j-1}.convolution.weight` / `.normalization.*` |
 | `backbone.res{s+2}.{b}.conv{j}.weight` (`BottleneckBlock` / `BasicBlock`) | `backbone.encoder.stages.{s}.layers.{b}.layer.{j-1}.convolution.weight` |
 | `backbone.res{s+2}.{b}.conv{j}.norm.*`                                   | `backbone.encoder.stages.{s}.layers.{b}.layer.{j-1}.normalization.*` |
 | `backbone.res{s+2}.{b}.shortcut.weight` / `.shortcut.norm.*`             | `backbone.encoder.stages.{s}.layers.{b}.shortcut.{convolution,normalization}.*` |
@@ -36,6 +37,11 @@ Key mapping of the original checkpoint (module paths of facebookresearch/MaskFor
 | `sem_seg_head.pixel_decoder.adapter_{k}.weight` / `.norm.*` (k < n)      | `pixel_decoder.lateral_convs.{n-1-k}.conv.weight` / `.norm.*` |
 | `sem_seg_head.pixel_decoder.layer_{k}.weight` / `.norm.*` (k < n)        | `pixel_decoder.output_convs.{n-1-k}.conv.weight` / `.norm.*` |
 | `sem_seg_head.pixel_decoder.mask_features.*`                             | `pixel_decoder.mask_projection.*`                           |
+| `sem_seg_head.pixel_decoder.input_proj.*` (`TransformerEncoderPixelDecoder`) | `pixel_decoder.input_projection.*`                      |
+| `sem_seg_head.pixel_decoder.transformer.encoder.layers.{i}.self_attn.in_proj_{weight,bias}` (`TransformerEncoderOnly`, rows q, k, v) | `pixel_decoder.encoder_layers.{i}.self_attn.{q,k,v}_proj.*` (split) |
+| `...encoder.layers.{i}.self_attn.out_proj.*` / `.linear1.*` / `.linear2.*` | `pixel_decoder.encoder_layers.{i}.self_attn.o_proj.*` / `.fc1.*` / `.fc2.*` |
+| `...encoder.layers.{i}.norm1.*` / `.norm2.*`                            | `pixel_decoder.encoder_layers.{i}.self_attn_layer_norm.*` / `.final_layer_norm.*` |
+| `sem_seg_head.pixel_decoder.layer_{n}.*` of a `TransformerEncoderPixelDecoder` (3x3 conv on the encoded map) | `pixel_decoder.stem.*` |
 | `sem_seg_head.predictor.query_embed.weight` (`TransformerPredictor`)     | `transformer_decoder.query_position_embeddings.weight`      |
 | `sem_seg_head.predictor.input_proj.*`                                    | `transformer_decoder.input_projection.*`                    |
 | `sem_seg_head.predictor.transformer.decoder.layers.{i}.self_attn.in_proj_{weight,bias}` (`nn.MultiheadAttention`, rows q, k, v) | `transformer_decoder.layers.{i}.self_attn.{q,k,v}_proj.*` (split) |
@@ -48,10 +54,11 @@ Key mapping of the original checkpoint (module paths of facebookresearch/MaskFor
 | `sem_seg_head.predictor.mask_embed.layers.{i}.*` (`MLP`)                 | `mask_embedder.layers.{i}.*`                                |
 | `criterion.empty_weight`, `pixel_mean`, `pixel_std`                      | dropped (loss / preprocessing constants)                    |
 
-Not supported (reported as unknown keys): the `TransformerEncoderPixelDecoder` (`pixel_decoder.transformer.*`, used by
-the COCO panoptic models), transformer-encoder layers in the predictor (`ENC_LAYERS > 0`) and the DeepLab stem of
-R101c (`backbone.stem.conv1_1`...). ResNet blocks are assumed to stride in the 3x3 convolution (MaskFormer's
-torchvision-initialised R50 / R101, `STRIDE_IN_1X1: False`).
+What the weights cannot tell is fixed by the releases: a DeepLab stem (R101c) comes with the multi-grid dilations
+`[1, 2, 4]` in the last stage (`RES5_MULTI_GRID` of every released R101c config; override with
+`{"backbone_last_stage_dilations": [...]}` in `--config`), 8 attention heads. Not supported (reported as unknown keys):
+transformer-encoder layers in the predictor (`ENC_LAYERS > 0`, not used by any release). ResNet blocks are assumed to
+stride in the 3x3 convolution (`STRIDE_IN_1X1: False`, all MaskFormer ResNets).
 """
 
 import json
@@ -223,6 +230,7 @@ def config_from_original(state_dict: dict[str, torch.Tensor], overrides: dict | 
     `MaskFormerConfig` fields, `decoder_config` / `backbone_config` as dicts of fields to change) win."""
     overrides = dict(overrides or {})
     out_features = ["stage1", "stage2", "stage3", "stage4"]
+    model_values = {}  # architecture fields read from the weights, besides the backbone and decoder configs
     if "backbone.patch_embed.proj.weight" in state_dict:
         projection = state_dict["backbone.patch_embed.proj.weight"]
         num_stages = _count(state_dict, r"backbone\.layers\.(\d+)\..*")
@@ -244,8 +252,13 @@ def config_from_original(state_dict: dict[str, torch.Tensor], overrides: dict | 
         depths = [_count(state_dict, rf"backbone\.res{s + 2}\.(\d+)\..*") for s in range(num_stages)]
         bottleneck = "backbone.res2.0.conv3.weight" in state_dict
         last_conv = "conv3" if bottleneck else "conv2"
+        deep_stem = "backbone.stem.conv3.weight" in state_dict
+        if deep_stem:
+            model_values["backbone_deep_stem"] = True
+            # RES5_MULTI_GRID of every released DeepLab-stem (R101c) model; weights cannot reveal dilations
+            model_values["backbone_last_stage_dilations"] = [1, 2, 4] if depths[-1] == 3 else None
         backbone = ResNetConfig(
-            embedding_size=state_dict["backbone.stem.conv1.weight"].shape[0],
+            embedding_size=state_dict["backbone.stem.conv3.weight" if deep_stem else "backbone.stem.conv1.weight"].shape[0],
             hidden_sizes=[state_dict[f"backbone.res{s + 2}.0.{last_conv}.weight"].shape[0] for s in range(num_stages)],
             depths=depths, layer_type="bottleneck" if bottleneck else "basic", downsample_in_bottleneck=False,
             out_features=out_features[:num_stages],
@@ -285,6 +298,10 @@ def config_from_original(state_dict: dict[str, torch.Tensor], overrides: dict | 
         "num_labels": num_classes,
         "fpn_feature_size": fpn_size,
         "mask_feature_size": mask_size,
+        "pixel_decoder_encoder_layers": _count(
+            state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\..*"
+        ),
+        **model_values,
     }
     values.update(overrides)
     if "id2label" in values:
@@ -308,10 +325,21 @@ def _split_rows(names: tuple[str, ...]):
     return split
 
 
-def original_rules(num_features: int) -> list[tuple[str, object]]:
-    """`rename_keys` rules of the original layout for a pixel decoder fed `num_features` backbone maps."""
+def original_rules(num_features: int, deep_stem: bool = False) -> list[tuple[str, object]]:
+    """`rename_keys` rules of the original layout for a pixel decoder fed `num_features` backbone maps (and a
+    DeepLab stem when `deep_stem`)."""
     n = num_features
     pixel = r"sem_seg_head\.pixel_decoder\."
+    encoder_layer = pixel + r"transformer\.encoder\.layers\.(\d+)\."
+    stem_target = r"backbone.embedder.embedder.{}." if deep_stem else r"backbone.embedder.embedder."
+
+    def stem(match: re.Match, tensor):
+        index, name = int(match.group(1)), match.group(2)
+        if not deep_stem and index != 1:
+            raise ConversionError(f"{match.group(0)!r}: a basic ResNet stem has only conv1 (DeepLab stems have conv3).")
+        target = stem_target.format(index - 1)
+        return {target + ("convolution.weight" if name == "weight" else "normalization." + name[len("norm."):]): tensor}
+
     layer = r"sem_seg_head\.predictor\.transformer\.decoder\.layers\.(\d+)\."
     swin = r"backbone\.layers\.(\d+)\.blocks\.(\d+)\."
     ours_swin = r"backbone.model.encoder.layers.\1.blocks.\2."
@@ -328,8 +356,7 @@ def original_rules(num_features: int) -> list[tuple[str, object]]:
 
     return [
         # ResNet (detectron2)
-        (r"backbone\.stem\.conv1\.weight", r"backbone.embedder.embedder.convolution.weight"),
-        (r"backbone\.stem\.conv1\.norm\.(weight|bias|running_mean|running_var)", r"backbone.embedder.embedder.normalization.\1"),
+        (r"backbone\.stem\.conv(\d)\.(weight|norm\.weight|norm\.bias|norm\.running_mean|norm\.running_var)", stem),
         (r"backbone\.res(\d+)\.(\d+)\.conv(\d)\.(weight|norm\.weight|norm\.bias|norm\.running_mean|norm\.running_var)",
          lambda m, t: {
              f"backbone.encoder.stages.{int(m.group(1)) - 2}.layers.{m.group(2)}.layer.{int(m.group(3)) - 1}."
@@ -357,6 +384,15 @@ def original_rules(num_features: int) -> list[tuple[str, object]]:
         # Pixel decoder (BasePixelDecoder)
         (pixel + r"(?:adapter|layer)_(\d+)\.(weight|norm\.weight|norm\.bias)", lateral),
         (pixel + r"mask_features\.(weight|bias)", r"pixel_decoder.mask_projection.\1"),
+        # TransformerEncoderPixelDecoder
+        (pixel + r"input_proj\.(weight|bias)", r"pixel_decoder.input_projection.\1"),
+        (encoder_layer + r"self_attn\.in_proj_(weight|bias)",
+         _split_rows(tuple(rf"pixel_decoder.encoder_layers.\1.self_attn.{p}_proj.\2" for p in "qkv"))),
+        (encoder_layer + r"self_attn\.out_proj\.(weight|bias)", r"pixel_decoder.encoder_layers.\1.self_attn.o_proj.\2"),
+        (encoder_layer + r"linear1\.(weight|bias)", r"pixel_decoder.encoder_layers.\1.fc1.\2"),
+        (encoder_layer + r"linear2\.(weight|bias)", r"pixel_decoder.encoder_layers.\1.fc2.\2"),
+        (encoder_layer + r"norm1\.(weight|bias)", r"pixel_decoder.encoder_layers.\1.self_attn_layer_norm.\2"),
+        (encoder_layer + r"norm2\.(weight|bias)", r"pixel_decoder.encoder_layers.\1.final_layer_norm.\2"),
         # Transformer predictor
         (r"sem_seg_head\.predictor\.query_embed\.weight", r"transformer_decoder.query_position_embeddings.weight"),
         (r"sem_seg_head\.predictor\.input_proj\.(weight|bias)", r"transformer_decoder.input_projection.\1"),
@@ -401,7 +437,8 @@ def convert_original_state_dict(
     config = config_from_original(state_dict, overrides)
     model = MaskFormerForUniversalSegmentation(config).eval()
     num_features = len(model.backbone.channels)
-    converted = rename_keys(state_dict, original_rules(num_features), ORIGINAL_DROP, source_name="original checkpoint")
+    rules = original_rules(num_features, deep_stem=config.backbone_deep_stem)
+    converted = rename_keys(state_dict, rules, ORIGINAL_DROP, source_name="original checkpoint")
     expected = model.state_dict()
     # Buffers and parameters the original does not store (see the module docstring table).
     for key, value in expected.items():
