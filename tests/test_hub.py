@@ -140,6 +140,10 @@ def _zoo_for_golden(tmp_path: Path, golden_dir: Path) -> Path:
             entry["checkpoint"]["sha256"] = _sha256(golden_dir / "segformer" / "segformer_original_tiny" / "checkpoint.pth")
         if entry["name"] == "segmenter-l16-cityscapes":
             entry["checkpoint"]["sha256"] = "0" * 64
+        if entry["name"] == "maskformer-r50-ade-panoptic":
+            # every release is convertible now: one is marked otherwise to exercise that path of convert_zoo
+            entry["supported"] = False
+            entry["unsupported_reason"] = "marked unsupported by the test"
     path = tmp_path / "zoo.json"
     path.write_text(json.dumps(zoo))
     return path
@@ -157,7 +161,7 @@ def test_convert_zoo_converts_what_it_finds(golden_dir, tmp_path, capsys, no_net
     shutil.copy(golden_dir / "setr" / "setr_original_pup_tiny" / "checkpoint.pth",
                 source / "SETR_PUP_512x512_160k_ade20k_bs_16.pth")  # its flattened .py config is missing
     (source / "model_final_d8dbeb.pkl").write_bytes(b"not the MaskFormer R50 ADE20K release")
-    (source / "model_final_7aa977.pkl").write_bytes(b"panoptic R50: found, not convertible yet")
+    (source / "model_final_7aa977.pkl").write_bytes(b"panoptic R50: found, marked not convertible in the test zoo")
     (source / "cityscapes" / "seg_large_mask").mkdir(parents=True)  # a file whose sha256 is not the recorded one
     for name in ("checkpoint.pth", "variant.yml"):
         shutil.copy(golden_dir / "segmenter" / "mask_tiny" / name, source / "cityscapes" / "seg_large_mask" / name)
