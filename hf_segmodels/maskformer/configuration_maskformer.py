@@ -10,6 +10,9 @@ from ..remote_code import RemoteCodeConfigMixin
 # output stage; transformers implements exactly that as "maskformer-swin". A plain "swin" backbone config is
 # converted to it, as transformers' own MaskFormer does.
 _SWIN_MODEL_TYPES = ("swin", "maskformer-swin")
+# Our own encoders usable as backbones: SegFormer's MiT, and the plain ViT of Segmenter / SETR with a simple feature
+# pyramid (see `modeling_maskformer.build_backbone`).
+OWN_ENCODERS = ("segmodels_segformer", "segmodels_segmenter", "segmodels_setr")
 
 
 @strict
@@ -23,7 +26,10 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         backbone_config (`PreTrainedConfig` or `dict`, *optional*): a transformers backbone config (e.g.
             `ResNetConfig`, `SwinConfig` / `MaskFormerSwinConfig`) with `out_features` listing the stages fed to the
             pixel decoder, lowest resolution last (default: the four stages). Built with transformers'
-            `load_backbone`. Defaults to Swin-B (384, window 12) as transformers' MaskFormer.
+            `load_backbone`. Defaults to Swin-B (384, window 12) as transformers' MaskFormer. Our own encoders work
+            too: a `SegformerConfig` gives SegFormer's MiT encoder (its four maps; decoder fields unused), a
+            `SegmenterConfig` / `SetrConfig` the plain ViT with a simple feature pyramid (ViTDet: 2x2 transposed
+            convolutions / max pooling from the patch grid to strides 4, 8, 16, 32; decoder fields unused).
         decoder_config (`DetrConfig` or `dict`, *optional*): the transformer decoder (`d_model`, `decoder_layers`,
             `decoder_attention_heads`, `decoder_ffn_dim`, `dropout`, `attention_dropout`, `activation_dropout`,
             `activation_function`). Defaults to DETR's: 6 layers, d_model 256, 8 heads, FFN 2048, post-norm.
@@ -109,7 +115,9 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             values = backbone.to_dict()
             values.pop("model_type", None)
             self.backbone_config = backbone = MaskFormerSwinConfig(**values)
-        if getattr(backbone, "out_features", None) is None or len(backbone.out_features) < 2:
+        if backbone.model_type in OWN_ENCODERS:
+            pass  # our encoders always give four maps (strides 4, 8, 16, 32)
+        elif getattr(backbone, "out_features", None) is None or len(backbone.out_features) < 2:
             stages = [name for name in backbone.stage_names if name != "stem"]
             backbone.out_features = stages
         if self.num_queries is None:

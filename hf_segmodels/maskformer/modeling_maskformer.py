@@ -142,6 +142,122 @@ def adapt_resnet_backbone(backbone: nn.Module, config: MaskFormerConfig) -> None
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Our own encoders as backbones: SegFormer's MiT, the plain ViT with a simple feature pyramid
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid (Li et al., 2022) without its output convolutions (the FPN pixel decoder has
+    its own): the plain ViT's single map at stride `patch_size` becomes maps at strides 4, 8, 16, 32 by 2x2 transposed
+    convolutions (LayerNorm + GELU between consecutive ones; channels halve at each), identity, or max pooling."""
+
+    def __init__(self, hidden_size: int, patch_size: int, strides: tuple[int, ...] = (4, 8, 16, 32)):
+        super().__init__()
+        self.levels = nn.ModuleList()
+        self.channels = []
+        for stride in strides:
+            layers, channels = [], hidden_size
+            ratio = max(patch_size, stride) // min(patch_size, stride)
+            if ratio & (ratio - 1) or max(patch_size, stride) % min(patch_size, stride):
+                raise ValueError(f"The simple feature pyramid needs a power-of-two patch size, got {patch_size}.")
+            if stride < patch_size:
+                for step in range(ratio.bit_length() - 1):
+                    if step:
+                        layers += [LayerNorm2d(channels, eps=1e-6), nn.GELU()]
+                    layers.append(nn.ConvTranspose2d(channels, channels // 2, kernel_size=2, stride=2))
+                    channels //= 2
+            elif stride > patch_size:
+                layers.append(nn.MaxPool2d(kernel_size=ratio, stride=ratio))
+            self.levels.append(nn.Sequential(*layers))
+            self.channels.append(channels)
+
+    def forward(self, feature_map: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, h, w) at stride `patch_size` -> four maps at strides 4, 8, 16, 32, highest resolution first."""
+        return [level(feature_map) for level in self.levels]
+
+
+class MaskFormerViTBackbone(nn.Module):
+    """The plain ViT encoder of Segmenter / SETR (built from a `SegmenterConfig` or `SetrConfig`; its decoder fields
+    are unused) followed by a `SimpleFeaturePyramid`: four maps with channels hidden / 4, hidden / 2, hidden, hidden
+    for patch size 16. Pretrained ViT weights load into `.encoder` (e.g. `hf_segmodels.pretrained.load_pretrained_vit`
+    or a converted Segmenter's `encoder` state dict)."""
+
+    def __init__(self, config):
+        super().__init__()
+        from ..layers import ViTEncoder
+
+        self.config = config
+        self.encoder = ViTEncoder(config)
+        self.pyramid = SimpleFeaturePyramid(config.hidden_size, config.patch_size)
+        self.channels = list(self.pyramid.channels)
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        from ..layers import tokens_to_feature_map
+
+        outputs = self.encoder(pixel_values)
+        tokens = outputs.last_hidden_state[:, self.encoder.num_extra_tokens :]
+        return self.pyramid(tokens_to_feature_map(tokens, outputs.grid_size))
+
+
+class MaskFormerMiTBackbone(nn.Module):
+    """SegFormer's Mix Transformer encoder (built from a `SegformerConfig`; its decoder fields are unused): four maps
+    at strides 4, 8, 16, 32 with `hidden_sizes` channels. A SegFormer's encoder weights load into `.model`
+    (`model.backbone.model.load_state_dict(segformer.segformer.state_dict())`)."""
+
+    def __init__(self, config):
+        super().__init__()
+        from ..segformer.modeling_segformer import SegformerModel
+
+        self.model = SegformerModel(config)
+        self.channels = list(config.hidden_sizes)
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.model(pixel_values).feature_maps)
+
+
+def _follow_attention_implementation(backbone: nn.Module, config: MaskFormerConfig) -> nn.Module:
+    """Points the attention modules of our encoders (which read only `config._attn_implementation`, through
+    `layers.attend`) at the MaskFormer config, so that `attn_implementation="sdpa"|"eager"` of the whole model applies
+    to the backbone too."""
+    from ..layers import MultiHeadSelfAttention
+    from ..segformer.modeling_segformer import EfficientSelfAttention
+
+    for module in backbone.modules():
+        if isinstance(module, (MultiHeadSelfAttention, EfficientSelfAttention)):
+            module.config = config
+    return backbone
+
+
+def build_backbone(config: MaskFormerConfig) -> nn.Module:
+    """The backbone of `config`: one of our encoders for a SegFormer / Segmenter / SETR `backbone_config`, otherwise
+    the transformers backbone built by `load_backbone` (adapted by `adapt_resnet_backbone` where asked)."""
+    model_type = config.backbone_config.model_type
+    if model_type == "segmodels_segformer":
+        return _follow_attention_implementation(MaskFormerMiTBackbone(config.backbone_config), config)
+    if model_type in ("segmodels_segmenter", "segmodels_setr"):
+        return _follow_attention_implementation(MaskFormerViTBackbone(config.backbone_config), config)
+    backbone = load_backbone(config)
+    adapt_resnet_backbone(backbone, config)
+    return backbone
+
+
+def backbone_feature_maps(backbone: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """The backbone's feature maps, highest resolution first (the folded-BatchNorm path for eval-mode ResNets)."""
+    if isinstance(backbone, (MaskFormerViTBackbone, MaskFormerMiTBackbone)):
+        return backbone(pixel_values)
+    if supports_folded_resnet(backbone):
+        return folded_resnet_feature_maps(backbone, pixel_values)
+    return list(backbone(pixel_values).feature_maps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Pixel decoder
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -665,7 +781,13 @@ class MaskFormerPreTrainedModel(SegmentationPreTrainedModel):
         # and the input projection; Xavier-uniform weights in the DETR decoder; N(0, 1) query embeddings; PyTorch's
         # default Linear init for the class head and mask MLP. The backbone keeps its own init.
         xavier_gain = self.config.init_xavier_std
-        if isinstance(module, (MaskFormerPixelDecoder, MaskFormerTransformerDecoder)):
+        if isinstance(module, MaskFormerViTBackbone):
+            # the papers' ViT init (runs after the generic branches below have visited its children)
+            from ..layers import init_vit_weights
+
+            for child in module.encoder.modules():
+                init_vit_weights(child, module.config.initializer_range)
+        elif isinstance(module, (MaskFormerPixelDecoder, MaskFormerTransformerDecoder)):
             for conv in module.modules():
                 if isinstance(conv, nn.Conv2d):
                     init.kaiming_uniform_(conv.weight, a=1)
@@ -706,8 +828,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
 
     def __init__(self, config: MaskFormerConfig):
         super().__init__(config)
-        self.backbone = load_backbone(config)
-        adapt_resnet_backbone(self.backbone, config)
+        self.backbone = build_backbone(config)
         channels = list(self.backbone.channels)
         self.pixel_decoder = MaskFormerPixelDecoder(config, channels)
         self.transformer_decoder = MaskFormerTransformerDecoder(
@@ -807,10 +928,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         compute_loss = mask_labels is not None
         auxiliary = output_auxiliary_logits or (compute_loss and self.config.use_auxiliary_loss)
 
-        if supports_folded_resnet(self.backbone):
-            features = folded_resnet_feature_maps(self.backbone, pixel_values)
-        else:
-            features = list(self.backbone(pixel_values).feature_maps)
+        features = backbone_feature_maps(self.backbone, pixel_values)
         fpn_outputs, memory = self.pixel_decoder.fpn(features)
         queries, intermediate, self_attentions, cross_attentions = self.transformer_decoder(
             memory, output_intermediate=auxiliary or output_hidden_states, output_attentions=output_attentions
