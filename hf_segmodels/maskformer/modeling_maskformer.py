@@ -15,9 +15,10 @@ from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from ..layers import attend
+from ..layers import MultiHeadSelfAttention, ViTEncoder, attend, init_vit_weights, tokens_to_feature_map
 from ..losses import check_semantic_labels
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
+from ..segformer.modeling_segformer import EfficientSelfAttention, SegformerModel
 from .configuration_maskformer import MaskFormerConfig
 
 
@@ -191,16 +192,12 @@ class MaskFormerViTBackbone(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        from ..layers import ViTEncoder
-
         self.config = config
         self.encoder = ViTEncoder(config)
         self.pyramid = SimpleFeaturePyramid(config.hidden_size, config.patch_size)
         self.channels = list(self.pyramid.channels)
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        from ..layers import tokens_to_feature_map
-
         outputs = self.encoder(pixel_values)
         tokens = outputs.last_hidden_state[:, self.encoder.num_extra_tokens :]
         return self.pyramid(tokens_to_feature_map(tokens, outputs.grid_size))
@@ -213,8 +210,6 @@ class MaskFormerMiTBackbone(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        from ..segformer.modeling_segformer import SegformerModel
-
         self.model = SegformerModel(config)
         self.channels = list(config.hidden_sizes)
 
@@ -226,9 +221,6 @@ def _follow_attention_implementation(backbone: nn.Module, config: MaskFormerConf
     """Points the attention modules of our encoders (which read only `config._attn_implementation`, through
     `layers.attend`) at the MaskFormer config, so that `attn_implementation="sdpa"|"eager"` of the whole model applies
     to the backbone too."""
-    from ..layers import MultiHeadSelfAttention
-    from ..segformer.modeling_segformer import EfficientSelfAttention
-
     for module in backbone.modules():
         if isinstance(module, (MultiHeadSelfAttention, EfficientSelfAttention)):
             module.config = config
@@ -783,8 +775,6 @@ class MaskFormerPreTrainedModel(SegmentationPreTrainedModel):
         xavier_gain = self.config.init_xavier_std
         if isinstance(module, MaskFormerViTBackbone):
             # the papers' ViT init (runs after the generic branches below have visited its children)
-            from ..layers import init_vit_weights
-
             for child in module.encoder.modules():
                 init_vit_weights(child, module.config.initializer_range)
         elif isinstance(module, (MaskFormerPixelDecoder, MaskFormerTransformerDecoder)):
