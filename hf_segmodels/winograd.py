@@ -1,0 +1,126 @@
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2016), for CPU inference.
+
+A stride-1, padding-1 3x3 convolution computes every 4x4 output tile from a 6x6 input tile with 36 multiplications per
+(input, output) channel pair instead of 144: the input tiles and the filters are transformed (B^T d B, G g G^T), the
+36 transformed positions are 36 independent (K x C) @ (C x tiles) matrix products, and the results are transformed
+back (A^T m A). The transforms are a few additions over the whole map (done here on strided views, not per tile), so
+for the wide maps of segmentation heads (e.g. 256 -> 256 channels at 128x128) the matrix products dominate and the
+convolution runs ~1.3-1.9x faster than oneDNN's direct convolution on CPU (see `benchmarks/bench_maskformer.py`).
+The result equals the direct convolution up to float rounding: errors ~1e-5 of the output's scale (larger than direct
+summation's ~1e-7, because the transforms mix values of different magnitude); inputs of any size are zero-padded to
+whole tiles. Set `hf_segmodels.winograd.enabled = False` for PyTorch's own kernels everywhere.
+"""
+
+import torch
+import torch.nn.functional as F
+
+# The filter transform G (6 x 3) of F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
+_G = (
+    (1 / 4, 0.0, 0.0),
+    (-1 / 6, -1 / 6, -1 / 6),
+    (-1 / 6, 1 / 6, -1 / 6),
+    (1 / 24, 1 / 12, 1 / 6),
+    (1 / 24, -1 / 12, 1 / 6),
+    (0.0, 0.0, 1.0),
+)
+
+# Below these sizes the transforms cost more than they save (measured on CPU).
+MIN_CHANNELS = 64
+MIN_PIXELS = 64 * 64
+# Set to False to run every convolution through PyTorch's own kernels.
+enabled = True
+
+
+def _input_transform(d: list[torch.Tensor], out: list[torch.Tensor]) -> None:
+    """B^T applied along one axis: six phases d0..d5 -> six transformed phases, written into `out`."""
+    d1_plus_d2, d1_minus_d2 = d[1] + d[2], d[1] - d[2]
+    d4_minus_d2, d3_minus_d1 = d[4] - d[2], d[3] - d[1]
+    torch.add(d[4], d[0], alpha=4, out=out[0]).sub_(d[2], alpha=5)
+    torch.sub(d[3] + d[4], d1_plus_d2, alpha=4, out=out[1])
+    torch.add(d[4] - d[3], d1_minus_d2, alpha=4, out=out[2])
+    torch.add(d4_minus_d2, d3_minus_d1, alpha=2, out=out[3])
+    torch.sub(d4_minus_d2, d3_minus_d1, alpha=2, out=out[4])
+    torch.add(d[5], d[1], alpha=4, out=out[5]).sub_(d[3], alpha=5)
+
+
+def _output_transform(m: list[torch.Tensor], out: list[torch.Tensor]) -> None:
+    """A^T applied along one axis: six transformed phases -> the four output phases, written into `out`."""
+    m1_plus_m2, m1_minus_m2 = m[1] + m[2], m[1] - m[2]
+    m3_plus_m4, m3_minus_m4 = m[3] + m[4], m[3] - m[4]
+    torch.add(m[0] + m1_plus_m2, m3_plus_m4, out=out[0])
+    torch.add(m1_minus_m2, m3_minus_m4, alpha=2, out=out[1])
+    torch.add(m1_plus_m2, m3_plus_m4, alpha=4, out=out[2])
+    torch.add(m1_minus_m2 + m[5], m3_minus_m4, alpha=8, out=out[3])
+
+
+def transform_filters(weight: torch.Tensor) -> torch.Tensor:
+    """(K, C, 3, 3) filters -> (36, K, C): U = G g G^T of every filter, as one product with kron(G, G)."""
+    g = torch.tensor(_G, dtype=weight.dtype, device=weight.device)
+    out_channels, in_channels = weight.shape[:2]
+    transformed = torch.kron(g, g) @ weight.reshape(out_channels * in_channels, 9).T  # (36, K * C)
+    return transformed.reshape(36, out_channels, in_channels)
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, stride=1, padding=1)` for (B, C, H, W) `x` and (K, C, 3, 3) `weight` by F(4x4, 3x3)
+    Winograd; returns (B, K, H, W)."""
+    batch, channels, height, width = x.shape
+    out_channels = weight.shape[0]
+    tiles_h, tiles_w = -(-height // 4), -(-width // 4)
+    # zero padding: 1 before (the convolution's), and after up to whole 6x6 tiles with stride 4 (+2 spare columns)
+    padded = F.pad(x, (1, 4 * tiles_w + 3 - width, 1, 4 * tiles_h + 1 - height))
+    # columns grouped by their position in a tile, so that each column phase is contiguous: (4, B, C, Hp, tiles_w + 1)
+    columns = padded.reshape(batch, channels, 4 * tiles_h + 2, tiles_w + 1, 4).permute(4, 0, 1, 2, 3).contiguous()
+    column_phases = [columns[v, ..., :tiles_w] for v in range(4)] + [columns[v, ..., 1:] for v in range(2)]
+    across_columns = x.new_empty(6, batch, channels, 4 * tiles_h + 2, tiles_w)
+    _input_transform(column_phases, list(across_columns.unbind(0)))
+    # then rows: phase u holds rows u, u + 4, ... (one per tile row) of every column-transformed phase
+    inputs = x.new_empty(6, 6, batch, channels, tiles_h, tiles_w)  # (row position, column position, ...)
+    for q in range(6):
+        rows = across_columns[q]
+        _input_transform([rows[:, :, u : u + 4 * tiles_h : 4] for u in range(6)], list(inputs[:, q].unbind(0)))
+    # (36, B, C, tiles) x (36, 1, K, C) -> (36, B, K, tiles): 36 independent matrix products
+    products = torch.matmul(
+        transform_filters(weight).unsqueeze(1), inputs.reshape(36, batch, channels, tiles_h * tiles_w)
+    ).reshape(6, 6, batch, out_channels, tiles_h, tiles_w)
+    across_rows = x.new_empty(4, 6, batch, out_channels, tiles_h, tiles_w)
+    for q in range(6):
+        _output_transform(list(products[:, q].unbind(0)), list(across_rows[:, q].unbind(0)))
+    tiles = x.new_empty(4, 4, batch, out_channels, tiles_h, tiles_w)  # (output row, output column, ...)
+    for r in range(4):
+        _output_transform(list(across_rows[r].unbind(0)), list(tiles[r].unbind(0)))
+    output = tiles.permute(2, 3, 4, 0, 5, 1).reshape(batch, out_channels, 4 * tiles_h, 4 * tiles_w)
+    output = output[:, :, :height, :width].contiguous()
+    return output.add_(bias.view(1, -1, 1, 1)) if bias is not None else output
+
+
+def worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a stride-1, padding-1 convolution of `x` (B, C, H, W) with `weight` (K, C, 3, 3) should run through
+    `conv3x3`: enabled, inference (no autograd) on CPU in float32, and a map and channel counts large enough for the
+    transforms to pay off (measured: from 64 channels and 64x64 pixels on)."""
+    return (
+        enabled
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and weight.dim() == 4
+        and tuple(weight.shape[-2:]) == (3, 3)
+        and weight.shape[1] == x.shape[1]
+        and min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS
+        and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
+    )
+
+
+def conv2d(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)`, through `conv3x3` when the convolution is a dense 3x3 / stride 1 / padding 1 one and `worthwhile`."""
+    if (
+        conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and worthwhile(x, conv.weight)
+    ):
+        return conv3x3(x, conv.weight, conv.bias)
+    return conv(x)

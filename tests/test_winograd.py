@@ -1,0 +1,67 @@
+"""Winograd F(4x4, 3x3) convolution: equal to F.conv2d up to float rounding, used only where it pays off."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_maskformer_utils import NUM_LABELS, tiny_backbone, tiny_decoder
+
+from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, winograd
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 5, 16, 16), (2, 16, 24, 13, 22), (1, 64, 100, 64, 64), (3, 32, 32, 7, 9),
+                                   (1, 4, 4, 1, 1), (1, 4, 4, 4, 4)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_conv3x3_equals_conv2d(shape, with_bias):
+    batch, channels, out_channels, height, width = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    weight = torch.randn(out_channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)
+    bias = torch.randn(out_channels, generator=generator) if with_bias else None
+    expected = F.conv2d(x, weight, bias, padding=1)
+    actual = winograd.conv3x3(x, weight, bias)
+    assert actual.shape == expected.shape and actual.is_contiguous()
+    scale = expected.abs().max()
+    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=2e-5)
+
+
+def test_winograd_is_used_only_where_it_pays_off():
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    big, small = torch.randn(1, 64, 64, 64), torch.randn(1, 64, 16, 16)
+    with torch.no_grad():
+        assert winograd.worthwhile(big, conv.weight)
+        assert not winograd.worthwhile(small, conv.weight)  # too few pixels
+        assert not winograd.worthwhile(big.double(), conv.weight.double())
+        assert not winograd.worthwhile(big[:, :32], torch.nn.Conv2d(32, 64, 3).weight)  # too few channels
+    assert not winograd.worthwhile(big, conv.weight)  # autograd: training keeps PyTorch's kernels
+    with torch.no_grad():
+        strided = torch.nn.Conv2d(64, 64, 3, padding=1, stride=2)
+        torch.testing.assert_close(winograd.conv2d(strided, big), strided(big), rtol=0, atol=0)
+        try:
+            winograd.enabled = False
+            assert not winograd.worthwhile(big, conv.weight)
+            torch.testing.assert_close(winograd.conv2d(conv, big), conv(big), rtol=0, atol=0)
+        finally:
+            winograd.enabled = True
+
+
+def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
+    """A pixel decoder wide enough (64 channels, 64x64 masks) to take the Winograd path in every 3x3 convolution at
+    1/4 resolution, the folded mask projection included: same outputs as with PyTorch's convolutions."""
+    torch.manual_seed(0)
+    config = MaskFormerConfig(backbone_config=tiny_backbone("resnet"), decoder_config=tiny_decoder(num_queries=64),
+                              fpn_feature_size=64, mask_feature_size=64, num_labels=NUM_LABELS)
+    model = MaskFormerForUniversalSegmentation(config).eval()
+    pixel_values = torch.randn(1, 3, 256, 256)
+    calls = []
+    original = winograd.conv3x3
+    counting = lambda *args: calls.append(args[0].shape) or original(*args)  # noqa: E731
+    monkeypatch.setattr(winograd, "conv3x3", counting)
+    monkeypatch.setattr("hf_segmodels.maskformer.modeling_maskformer.winograd_conv3x3", counting)
+    with torch.no_grad():
+        fast = model(pixel_values=pixel_values)
+        assert len(calls) == 2  # the 1/4 output conv and the folded mask projection
+        monkeypatch.setattr(winograd, "enabled", False)
+        direct = model(pixel_values=pixel_values)
+    assert len(calls) == 2
+    torch.testing.assert_close(fast.masks_queries_logits, direct.masks_queries_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.logits, direct.logits, rtol=1e-4, atol=1e-5)
