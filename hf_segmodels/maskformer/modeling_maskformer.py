@@ -269,6 +269,15 @@ class MaskFormerConvNormLayer(nn.Module):
         return self.activation(self.norm(winograd_conv2d(self.conv, hidden_states)))
 
 
+def post_norm_feed_forward(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The feed-forward block of a post-norm DETR layer (`layer.fc1`, `.activation`, `.fc2`, `.final_layer_norm`):
+    fc1, activation, dropout (`activation_dropout`), fc2, dropout (`dropout`), residual, LayerNorm."""
+    feed_forward = F.dropout(layer.activation(layer.fc1(hidden_states)), p=layer.activation_dropout,
+                             training=layer.training)
+    feed_forward = F.dropout(layer.fc2(feed_forward), p=layer.dropout, training=layer.training)
+    return layer.final_layer_norm(hidden_states + feed_forward)
+
+
 class MaskFormerEncoderLayer(GradientCheckpointingLayer):
     """Post-norm DETR encoder layer of the original `TransformerEncoderPixelDecoder`: self-attention over the
     flattened feature map (sine position embeddings added to queries and keys, not to values), then a feed-forward
@@ -294,10 +303,7 @@ class MaskFormerEncoderLayer(GradientCheckpointingLayer):
         hidden_states = self.self_attn_layer_norm(
             hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
         )
-        feed_forward = F.dropout(self.activation(self.fc1(hidden_states)), p=self.activation_dropout,
-                                 training=self.training)
-        feed_forward = F.dropout(self.fc2(feed_forward), p=self.dropout, training=self.training)
-        return self.final_layer_norm(hidden_states + feed_forward)
+        return post_norm_feed_forward(self, hidden_states)
 
 
 class MaskFormerPixelDecoder(nn.Module):
@@ -496,11 +502,7 @@ class MaskFormerDecoderLayer(GradientCheckpointingLayer):
         hidden_states = self.encoder_attn_layer_norm(
             hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
         )
-        feed_forward = F.dropout(self.activation(self.fc1(hidden_states)), p=self.activation_dropout,
-                                 training=self.training)
-        feed_forward = F.dropout(self.fc2(feed_forward), p=self.dropout, training=self.training)
-        hidden_states = self.final_layer_norm(hidden_states + feed_forward)
-        return hidden_states, self_weights, cross_weights
+        return post_norm_feed_forward(self, hidden_states), self_weights, cross_weights
 
 
 class MaskFormerTransformerDecoder(nn.Module):
