@@ -28,6 +28,8 @@ _G = (
 # Below these sizes the transforms cost more than they save (measured on CPU).
 MIN_CHANNELS = 64
 MIN_PIXELS = 64 * 64
+# Output tiles per band (see `conv3x3`): bounds the extra memory to ~100 floats per tile and channel.
+BAND_TILES = 256
 # Set to False to run every convolution through PyTorch's own kernels.
 enabled = True
 
@@ -62,36 +64,56 @@ def transform_filters(weight: torch.Tensor) -> torch.Tensor:
     return transformed.reshape(36, out_channels, in_channels)
 
 
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _band(padded: torch.Tensor, filters: torch.Tensor, output: torch.Tensor) -> None:
+    """One band of tile rows: `padded` (B, C, 4n + 2, 4m + 4) zero-padded input rows, `filters` (36, 1, K, C),
+    `output` (B, K, n, 4, m, 4) view of the output rows to fill."""
+    batch, channels = padded.shape[:2]
+    _, out_channels, tiles_h, _, tiles_w, _ = output.shape
+    # columns grouped by their position in a tile, so that each column phase is contiguous: (4, B, C, 4n + 2, m + 1)
+    columns = padded.reshape(batch, channels, 4 * tiles_h + 2, tiles_w + 1, 4).permute(4, 0, 1, 2, 3).contiguous()
+    column_phases = [columns[v, ..., :tiles_w] for v in range(4)] + [columns[v, ..., 1:] for v in range(2)]
+    across_columns = padded.new_empty(6, batch, channels, 4 * tiles_h + 2, tiles_w)
+    _input_transform(column_phases, list(across_columns.unbind(0)))
+    # then rows: phase u holds rows u, u + 4, ... (one per tile row) of every column-transformed phase
+    inputs = padded.new_empty(6, 6, batch, channels, tiles_h, tiles_w)  # (row position, column position, ...)
+    for q in range(6):
+        rows = across_columns[q]
+        _input_transform([rows[:, :, u : u + 4 * tiles_h : 4] for u in range(6)], list(inputs[:, q].unbind(0)))
+    del columns, column_phases, across_columns
+    # (36, 1, K, C) x (36, B, C, tiles) -> (36, B, K, tiles): 36 independent matrix products
+    products = torch.matmul(filters, inputs.reshape(36, batch, channels, tiles_h * tiles_w))
+    products = products.reshape(6, 6, batch, out_channels, tiles_h, tiles_w)
+    del inputs
+    across_rows = padded.new_empty(4, 6, batch, out_channels, tiles_h, tiles_w)
+    for q in range(6):
+        _output_transform(list(products[:, q].unbind(0)), list(across_rows[:, q].unbind(0)))
+    del products
+    tiles = padded.new_empty(4, 4, batch, out_channels, tiles_h, tiles_w)  # (output row, output column, ...)
+    for r in range(4):
+        _output_transform(list(across_rows[r].unbind(0)), list(tiles[r].unbind(0)))
+    output.copy_(tiles.permute(2, 3, 4, 0, 5, 1))
+
+
+def conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, band_tiles: int = BAND_TILES
+) -> torch.Tensor:
     """`F.conv2d(x, weight, bias, stride=1, padding=1)` for (B, C, H, W) `x` and (K, C, 3, 3) `weight` by F(4x4, 3x3)
-    Winograd; returns (B, K, H, W)."""
+    Winograd; returns (B, K, H, W). Bands of about `band_tiles` 4x4 output tiles are processed one after the other,
+    which bounds the extra memory (the transformed inputs and products of one band) and keeps it cache-friendly."""
     batch, channels, height, width = x.shape
     out_channels = weight.shape[0]
     tiles_h, tiles_w = -(-height // 4), -(-width // 4)
     # zero padding: 1 before (the convolution's), and after up to whole 6x6 tiles with stride 4 (+2 spare columns)
     padded = F.pad(x, (1, 4 * tiles_w + 3 - width, 1, 4 * tiles_h + 1 - height))
-    # columns grouped by their position in a tile, so that each column phase is contiguous: (4, B, C, Hp, tiles_w + 1)
-    columns = padded.reshape(batch, channels, 4 * tiles_h + 2, tiles_w + 1, 4).permute(4, 0, 1, 2, 3).contiguous()
-    column_phases = [columns[v, ..., :tiles_w] for v in range(4)] + [columns[v, ..., 1:] for v in range(2)]
-    across_columns = x.new_empty(6, batch, channels, 4 * tiles_h + 2, tiles_w)
-    _input_transform(column_phases, list(across_columns.unbind(0)))
-    # then rows: phase u holds rows u, u + 4, ... (one per tile row) of every column-transformed phase
-    inputs = x.new_empty(6, 6, batch, channels, tiles_h, tiles_w)  # (row position, column position, ...)
-    for q in range(6):
-        rows = across_columns[q]
-        _input_transform([rows[:, :, u : u + 4 * tiles_h : 4] for u in range(6)], list(inputs[:, q].unbind(0)))
-    # (36, B, C, tiles) x (36, 1, K, C) -> (36, B, K, tiles): 36 independent matrix products
-    products = torch.matmul(
-        transform_filters(weight).unsqueeze(1), inputs.reshape(36, batch, channels, tiles_h * tiles_w)
-    ).reshape(6, 6, batch, out_channels, tiles_h, tiles_w)
-    across_rows = x.new_empty(4, 6, batch, out_channels, tiles_h, tiles_w)
-    for q in range(6):
-        _output_transform(list(products[:, q].unbind(0)), list(across_rows[:, q].unbind(0)))
-    tiles = x.new_empty(4, 4, batch, out_channels, tiles_h, tiles_w)  # (output row, output column, ...)
-    for r in range(4):
-        _output_transform(list(across_rows[r].unbind(0)), list(tiles[r].unbind(0)))
-    output = tiles.permute(2, 3, 4, 0, 5, 1).reshape(batch, out_channels, 4 * tiles_h, 4 * tiles_w)
-    output = output[:, :, :height, :width].contiguous()
+    filters = transform_filters(weight).unsqueeze(1)
+    output = x.new_empty(batch, out_channels, 4 * tiles_h, 4 * tiles_w)
+    rows_per_band = max(1, band_tiles // (batch * tiles_w))
+    for start in range(0, tiles_h, rows_per_band):
+        stop = min(tiles_h, start + rows_per_band)
+        band_output = output[:, :, 4 * start : 4 * stop].view(batch, out_channels, stop - start, 4, tiles_w, 4)
+        _band(padded[:, :, 4 * start : 4 * stop + 2], filters, band_output)
+    if (height, width) != tuple(output.shape[-2:]):
+        output = output[:, :, :height, :width].contiguous()
     return output.add_(bias.view(1, -1, 1, 1)) if bias is not None else output
 
 
