@@ -80,15 +80,15 @@ def _band(padded: torch.Tensor, filters: torch.Tensor, output: torch.Tensor) -> 
     for q in range(6):
         rows = across_columns[q]
         _input_transform([rows[:, :, u : u + 4 * tiles_h : 4] for u in range(6)], list(inputs[:, q].unbind(0)))
-    del columns, column_phases, across_columns
+    columns = column_phases = across_columns = rows = None  # free before the products (no `del`: torch.compile)
     # (36, 1, K, C) x (36, B, C, tiles) -> (36, B, K, tiles): 36 independent matrix products
     products = torch.matmul(filters, inputs.reshape(36, batch, channels, tiles_h * tiles_w))
     products = products.reshape(6, 6, batch, out_channels, tiles_h, tiles_w)
-    del inputs
+    inputs = None
     across_rows = padded.new_empty(4, 6, batch, out_channels, tiles_h, tiles_w)
     for q in range(6):
         _output_transform(list(products[:, q].unbind(0)), list(across_rows[:, q].unbind(0)))
-    del products
+    products = None
     tiles = padded.new_empty(4, 4, batch, out_channels, tiles_h, tiles_w)  # (output row, output column, ...)
     for r in range(4):
         _output_transform(list(across_rows[r].unbind(0)), list(tiles[r].unbind(0)))

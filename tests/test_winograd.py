@@ -65,3 +65,12 @@ def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
     assert len(calls) == 2
     torch.testing.assert_close(fast.masks_queries_logits, direct.masks_queries_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast.logits, direct.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_winograd_convolution_compiles():
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(1, 64, 64, 64)
+    compiled = torch.compile(lambda value: winograd.conv2d(conv, value), backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert winograd.worthwhile(x, conv.weight)
+        torch.testing.assert_close(compiled(x), winograd.conv3x3(x, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
