@@ -269,6 +269,16 @@ class MaskFormerConvNormLayer(nn.Module):
         return self.activation(self.norm(winograd_conv2d(self.conv, hidden_states)))
 
 
+def add_post_norm_feed_forward(layer: nn.Module, width: int, decoder_config) -> None:
+    """Gives `layer` the modules of a DETR feed-forward block (`fc1`, `activation`, `fc2`, `final_layer_norm`) with
+    the FFN size, activation and dropout of `decoder_config`."""
+    layer.fc1 = nn.Linear(width, decoder_config.decoder_ffn_dim)
+    layer.activation = ACT2FN[decoder_config.activation_function]
+    layer.activation_dropout = decoder_config.activation_dropout
+    layer.fc2 = nn.Linear(decoder_config.decoder_ffn_dim, width)
+    layer.final_layer_norm = nn.LayerNorm(width)
+
+
 def post_norm_feed_forward(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """The feed-forward block of a post-norm DETR layer (`layer.fc1`, `.activation`, `.fc2`, `.final_layer_norm`):
     fc1, activation, dropout (`activation_dropout`), fc2, dropout (`dropout`), residual, LayerNorm."""
@@ -290,11 +300,7 @@ class MaskFormerEncoderLayer(GradientCheckpointingLayer):
         self.dropout = decoder.dropout
         self.self_attn = MaskFormerAttention(config, width, decoder.decoder_attention_heads, decoder.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(width)
-        self.fc1 = nn.Linear(width, decoder.decoder_ffn_dim)
-        self.activation = ACT2FN[decoder.activation_function]
-        self.activation_dropout = decoder.activation_dropout
-        self.fc2 = nn.Linear(decoder.decoder_ffn_dim, width)
-        self.final_layer_norm = nn.LayerNorm(width)
+        add_post_norm_feed_forward(self, width, decoder)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, h*w, C), position_embeddings (h*w, C) -> (B, h*w, C)."""
@@ -475,11 +481,7 @@ class MaskFormerDecoderLayer(GradientCheckpointingLayer):
         self.self_attn_layer_norm = nn.LayerNorm(width)
         self.encoder_attn = MaskFormerAttention(config, width, heads, decoder.attention_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(width)
-        self.fc1 = nn.Linear(width, decoder.decoder_ffn_dim)
-        self.activation = ACT2FN[decoder.activation_function]
-        self.activation_dropout = decoder.activation_dropout
-        self.fc2 = nn.Linear(decoder.decoder_ffn_dim, width)
-        self.final_layer_norm = nn.LayerNorm(width)
+        add_post_norm_feed_forward(self, width, decoder)
 
     def forward(
         self,
