@@ -16,14 +16,7 @@ model.safetensors, preprocessor_config.json (and README.md with --model_card) an
 """
 
 from hf_segmodels.conversion_utils import run_conversion_cli
-from hf_segmodels.maskformer.convert_maskformer import (
-    MODEL_CARD_INFO,
-    convert_original_checkpoint,
-    convert_transformers_checkpoint,
-)
-from hf_segmodels.model_card import ARCHITECTURES
-
-ARCHITECTURES.setdefault("maskformer", MODEL_CARD_INFO)
+from hf_segmodels.maskformer.convert_maskformer import convert_original_checkpoint, convert_transformers_checkpoint
 
 
 def convert(args):

@@ -413,20 +413,6 @@ def original_rules(num_features: int, deep_stem: bool = False) -> list[tuple[str
     ]
 
 
-# Model-card facts of the original release (the shared `model_card.ARCHITECTURES` entry for "maskformer").
-MODEL_CARD_INFO = {
-    "title": "MaskFormer",
-    "paper": "https://arxiv.org/abs/2107.06278",
-    "repository": "https://github.com/facebookresearch/MaskFormer",
-    "license": "cc-by-nc-4.0",
-    "bibtex": """@inproceedings{cheng2021maskformer,
-  title={Per-Pixel Classification is Not All You Need for Semantic Segmentation},
-  author={Cheng, Bowen and Schwing, Alexander G. and Kirillov, Alexander},
-  booktitle={NeurIPS},
-  year={2021}
-}""",
-}
-
 ORIGINAL_DROP = [r"criterion\.empty_weight", r"pixel_mean", r"pixel_std"]
 
 
@@ -473,7 +459,6 @@ def convert_original_checkpoint(
 
 
 __all__ = [
-    "MODEL_CARD_INFO",
     "config_from_original",
     "config_from_transformers",
     "convert_original_checkpoint",

@@ -400,7 +400,8 @@ class MaskFormerPixelDecoder(nn.Module):
                 masks.append(winograd_conv3x3(fpn_output[index : index + 1], weights[index], biases[index]))
             else:
                 masks.append(F.conv2d(fpn_output[index : index + 1], weights[index], biases[index], padding=padding))
-        return torch.cat(masks)[:, :num_masks]
+        masks = masks[0] if len(masks) == 1 else torch.cat(masks)  # (no copy for a single image)
+        return masks[:, :num_masks]
 
     def folding_is_cheaper(self, num_masks: int) -> bool:
         """Whether `projected_mask_logits` for `num_masks` mask embeddings per image costs fewer multiplications than
