@@ -14,6 +14,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
+from .onednn import linear as onednn_linear, linear_add as onednn_linear_add, linear_gelu as onednn_linear_gelu
+
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth per sample: zeroes a whole residual branch with probability `drop_prob`, rescales the rest."""
@@ -103,14 +105,25 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.proj_dropout = nn.Dropout(dropout)
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
-        """(B, N, C) -> (B, N, C), and the attention probabilities (B, heads, N, N) when requested."""
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, residual: torch.Tensor | None = None
+    ):
+        """(B, N, C) -> (B, N, C), and the attention probabilities (B, heads, N, N) when requested. With `residual`
+        (B, N, C) the output is `residual + attention(hidden_states)`, the addition fused into the output projection
+        at CPU inference (`hf_segmodels.onednn`)."""
         batch, length, channels = hidden_states.shape
-        query, key, value = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(
-            2, 0, 3, 1, 4
+        query, key, value = (
+            onednn_linear(self.qkv, hidden_states)
+            .view(batch, length, 3, self.num_heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
         )
         output, weights = attend(self, query, key, value, output_attentions)
-        return self.proj_dropout(self.proj(output.reshape(batch, length, channels))), weights
+        output = output.reshape(batch, length, channels)
+        if residual is None:
+            return self.proj_dropout(onednn_linear(self.proj, output)), weights
+        if self.training:
+            return residual + self.proj_dropout(self.proj(output)), weights
+        return onednn_linear_add(self.proj, output, residual), weights
 
 
 class FeedForward(nn.Module):
@@ -122,9 +135,22 @@ class FeedForward(nn.Module):
         self.activation = ACT2FN[hidden_act]
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
+        # ACT2FN["gelu"] is the exact (erf) GELU, which oneDNN can apply inside the first product.
+        self.exact_gelu = hidden_act == "gelu"
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(self.dropout(self.activation(self.fc1(hidden_states)))))
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); with `residual` (B, N, C), `residual + FFN(hidden_states)`. In eval mode on the
+        CPU the activation and the residual addition are fused into the two products (`hf_segmodels.onednn`)."""
+        if self.training:
+            output = self.dropout(self.fc2(self.dropout(self.activation(self.fc1(hidden_states)))))
+            return output if residual is None else residual + output
+        if self.exact_gelu:
+            hidden_states = onednn_linear_gelu(self.fc1, hidden_states)
+        else:
+            hidden_states = self.activation(onednn_linear(self.fc1, hidden_states))
+        if residual is None:
+            return onednn_linear(self.fc2, hidden_states)
+        return onednn_linear_add(self.fc2, hidden_states, residual)
 
 
 class TransformerLayer(GradientCheckpointingLayer):
@@ -152,9 +178,16 @@ class TransformerLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         """(B, N, C) -> (B, N, C), attention probabilities or None."""
-        attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
-        hidden_states = hidden_states + self.drop_path(attention_output)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+        if self.training:
+            attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+            hidden_states = hidden_states + self.drop_path(attention_output)
+            hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+            return hidden_states, weights
+        # Eval: stochastic depth and dropout are identities, the residual additions go into the output products.
+        hidden_states, weights = self.attention(
+            self.layernorm_before(hidden_states), output_attentions, residual=hidden_states
+        )
+        hidden_states = self.mlp(self.layernorm_after(hidden_states), residual=hidden_states)
         return hidden_states, weights
 
 

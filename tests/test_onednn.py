@@ -1,0 +1,123 @@
+"""oneDNN linear layers with fused GELU / residual addition: the same products as PyTorch's, used only at CPU float32
+inference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from hf_segmodels import onednn
+from hf_segmodels.layers import TransformerLayer
+from hf_segmodels.segmenter import SegmenterConfig
+
+pytestmark = pytest.mark.skipif(not onednn._AVAILABLE, reason="this PyTorch build has no oneDNN")
+
+
+class OpRecorder(TorchDispatchMode):
+    """Names of the aten / mkldnn operators that ran inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def ran_onednn(function) -> bool:
+    with OpRecorder() as recorder:
+        function()
+    return "mkldnn::_linear_pointwise" in recorder.names
+
+
+@pytest.fixture
+def layer_and_inputs():
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(48, 96)
+    x = torch.randn(2, 37, 48, generator=generator)
+    residual = torch.randn(2, 37, 96, generator=generator)
+    return layer, x, residual
+
+
+def test_fused_products_equal_pytorch(layer_and_inputs):
+    layer, x, residual = layer_and_inputs
+    with torch.no_grad():
+        cases = [
+            (lambda: onednn.linear(layer, x), layer(x)),
+            (lambda: onednn.linear_gelu(layer, x), F.gelu(layer(x))),
+            (lambda: onednn.linear_add(layer, x, residual), residual + layer(x)),
+            (lambda: onednn.linear(layer, x[0]), layer(x[0])),  # 2-D input
+        ]
+        for function, expected in cases:
+            assert ran_onednn(function)
+            actual = function()
+            assert actual.shape == expected.shape and actual.dtype == torch.float32
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pytorch_kernels_wherever_onednn_does_not_apply(layer_and_inputs):
+    layer, x, residual = layer_and_inputs
+    # autograd: training keeps PyTorch's kernels, and gradients flow
+    assert not ran_onednn(lambda: onednn.linear_add(layer, x, residual))
+    output = onednn.linear_gelu(layer, x)
+    output.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not ran_onednn(lambda: onednn.linear(layer.double(), x.double()))
+        layer.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not ran_onednn(lambda: onednn.linear(layer, x))
+            assert onednn.linear(layer, x).dtype == torch.bfloat16
+        try:
+            onednn.enabled = False
+            assert not ran_onednn(lambda: onednn.linear_gelu(layer, x))
+        finally:
+            onednn.enabled = True
+        assert ran_onednn(lambda: onednn.linear_gelu(layer, x))
+
+
+def test_flop_counter_counts_the_onednn_products(layer_and_inputs):
+    layer, x, residual = layer_and_inputs
+    counts = []
+    for enabled in (True, False):
+        onednn.enabled = enabled
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                onednn.linear(layer, x)
+                onednn.linear_gelu(layer, x)
+                onednn.linear_add(layer, x, residual)
+            counts.append(counter.get_total_flops())
+        finally:
+            onednn.enabled = True
+    assert counts[0] == counts[1] == 3 * 2 * 2 * 37 * 48 * 96
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
+def test_transformer_layer_eval_path_equals_the_training_path(hidden_act):
+    """In eval mode the layer adds its residuals inside the products (and fuses exact GELU); with dropout and
+    stochastic depth at zero the training-mode computation is the same function."""
+    torch.manual_seed(0)
+    config = SegmenterConfig(hidden_size=64, num_attention_heads=4)
+    layer = TransformerLayer(config, 64, 4, 256, 1e-6, hidden_act=hidden_act)
+    x = torch.randn(2, 50, 64)
+    with torch.no_grad():
+        layer.eval()
+        assert ran_onednn(lambda: layer(x))
+        fused, _ = layer(x)
+        layer.train()
+        reference, _ = layer(x)
+        layer.eval()
+        try:
+            onednn.enabled = False
+            assert not ran_onednn(lambda: layer(x))
+            unfused, _ = layer(x)
+        finally:
+            onednn.enabled = True
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unfused, reference, rtol=1e-6, atol=1e-6)
+    layer.eval()
+    output, weights = layer(x, output_attentions=True)  # autograd on in eval mode: PyTorch's kernels
+    torch.testing.assert_close(output.detach(), reference, rtol=1e-5, atol=1e-5)
+    assert weights.shape == (2, 4, 50, 50)
