@@ -288,7 +288,7 @@ def main(argv=None):
             architecture.load_backbone(model, args.backbone_checkpoint)
             logger.info(f"Loaded pretrained backbone weights from {args.backbone_checkpoint}", main_process_only=True)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     converted = convert_sync_batch_norm(model, architecture, accelerator.num_processes, accelerator.device)
     if architecture.sync_batch_norm and accelerator.num_processes > 1 and not converted:
         logger.warning("SyncBatchNorm needs GPUs; CPU processes keep per-process BatchNorm statistics.",

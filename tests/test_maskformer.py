@@ -265,7 +265,7 @@ def test_gradient_checkpointing_gives_the_same_loss():
     pixel_values = torch.randn(2, 3, 64, 64)
     labels = torch.randint(0, NUM_LABELS, (2, 64, 64))
     plain = model(pixel_values=pixel_values, labels=labels).loss
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     checkpointed = model(pixel_values=pixel_values, labels=labels).loss
     checkpointed.backward()
     torch.testing.assert_close(plain, checkpointed)
