@@ -33,9 +33,11 @@ def _coverage(starts: torch.Tensor, window: int, size: int) -> torch.Tensor:
 def _slide(model, pixel_values: torch.Tensor, window: tuple[int, int], stride: tuple[int, int], batch_size: int):
     batch, channels, height, width = pixel_values.shape
     window_h, window_w = min(window[0], height), min(window[1], width)
-    row_starts = torch.tensor(_window_starts(height, window_h, stride[0]), device=pixel_values.device)
-    col_starts = torch.tensor(_window_starts(width, window_w, stride[1]), device=pixel_values.device)
+    row_list, col_list = _window_starts(height, window_h, stride[0]), _window_starts(width, window_w, stride[1])
+    row_starts = torch.tensor(row_list, device=pixel_values.device)
+    col_starts = torch.tensor(col_list, device=pixel_values.device)
     # Windows in row-major order, as the originals visit them (the sums below add in that order too).
+    window_origins = [(top, left) for top in row_list for left in col_list]
     tops = row_starts.repeat_interleave(len(col_starts))
     lefts = col_starts.repeat(len(row_starts))
     window_rows = torch.arange(window_h, device=pixel_values.device)
@@ -48,16 +50,26 @@ def _slide(model, pixel_values: torch.Tensor, window: tuple[int, int], stride: t
 
     summed = None
     for first in range(0, len(tops), batch_size):
-        rows = (tops[first : first + batch_size, None] + window_rows)[:, :, None]  # (n, window_h, 1)
-        cols = (lefts[first : first + batch_size, None] + window_cols)[:, None, :]  # (n, 1, window_w)
-        # One gather for the whole batch of crops: (B, C, n, h, w) -> (n * B, C, h, w), window-major.
-        crops = pixel_values[:, :, rows, cols].permute(2, 0, 1, 3, 4).reshape(-1, channels, window_h, window_w)
-        logits = model.full_resolution_logits(crops)
+        if batch_size == 1:
+            # One window per call (the CPU default): the crop is a view and its scores are added in place, which
+            # is cheaper than the gather / scatter of the batched path (measured in benchmarks/bench_infer.py).
+            top, left = window_origins[first]
+            logits = model.full_resolution_logits(pixel_values[:, :, top : top + window_h, left : left + window_w])
+        else:
+            rows = (tops[first : first + batch_size, None] + window_rows)[:, :, None]  # (n, window_h, 1)
+            cols = (lefts[first : first + batch_size, None] + window_cols)[:, None, :]  # (n, 1, window_w)
+            # One gather for the whole batch of crops: (B, C, n, h, w) -> (n * B, C, h, w), window-major.
+            crops = pixel_values[:, :, rows, cols].permute(2, 0, 1, 3, 4).reshape(-1, channels, window_h, window_w)
+            logits = model.full_resolution_logits(crops)
         num_labels = logits.shape[1]
         if summed is None:
             # low-precision (autocast) scores are summed in float32
             dtype = torch.promote_types(logits.dtype, torch.float32)
             summed = logits.new_zeros(batch * num_labels, height * width, dtype=dtype)
+        if batch_size == 1:
+            image_scores = summed.view(batch, num_labels, height, width)
+            image_scores[:, :, top : top + window_h, left : left + window_w] += logits
+            continue
         # Every window pixel is added at its flat image position in one `index_add_` (window order preserved).
         logits = logits.unflatten(0, (-1, batch)).permute(1, 2, 0, 3, 4).reshape(batch * num_labels, -1)
         summed.index_add_(1, (rows * width + cols).flatten(), logits.to(summed.dtype))

@@ -189,6 +189,8 @@ class CountingModel(torch.nn.Module):
         ((1, 3, 64, 96), (32, 32), (20, 24), 8),  # overlapping windows, last ones flush with the border
         ((2, 3, 37, 53), (16, 20), (10, 7), 3),  # batch of 2 images, a partial last batch of windows
         ((1, 3, 40, 40), (20, 20), (20, 20), 1),  # no overlap, one window per call
+        ((2, 3, 37, 53), (16, 20), (10, 7), 1),  # overlap, 2 images, one window per call (in-place slice path)
+        ((1, 3, 10, 12), (16, 20), (5, 5), 1),  # one clipped window, one window per call
         ((1, 3, 10, 12), (16, 20), (5, 5), 8),  # window larger than the image: one clipped window
     ],
 )
