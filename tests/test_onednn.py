@@ -121,3 +121,21 @@ def test_transformer_layer_eval_path_equals_the_training_path(hidden_act):
     output, weights = layer(x, output_attentions=True)  # autograd on in eval mode: PyTorch's kernels
     torch.testing.assert_close(output.detach(), reference, rtol=1e-5, atol=1e-5)
     assert weights.shape == (2, 4, 50, 50)
+
+
+def test_segformer_layer_eval_path_equals_the_training_path():
+    from hf_segmodels import SegformerConfig
+    from hf_segmodels.segformer.modeling_segformer import SegformerLayer
+
+    torch.manual_seed(0)
+    config = SegformerConfig(hidden_sizes=[32, 64, 96, 128], num_attention_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1])
+    for stage in (1, 3):  # spatially reduced keys / full attention
+        layer = SegformerLayer(config, stage, drop_path_rate=0.0)
+        x = torch.randn(2, 8 * 12, config.hidden_sizes[stage])
+        with torch.no_grad():
+            layer.eval()
+            assert ran_onednn(lambda: layer(x, (8, 12)))
+            fused, _ = layer(x, (8, 12))
+            layer.train()
+            reference, _ = layer(x, (8, 12))
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)

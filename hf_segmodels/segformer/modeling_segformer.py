@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 
 from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
+from ..onednn import linear as onednn_linear, linear_add as onednn_linear_add
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_segformer import SegformerConfig
 
@@ -89,18 +90,30 @@ class EfficientSelfAttention(nn.Module):
             self.norm = nn.LayerNorm(hidden_size, eps=config.embedding_layer_norm_eps)
 
     def forward(
-        self, hidden_states: torch.Tensor, size: tuple[int, int], output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        size: tuple[int, int],
+        output_attentions: bool = False,
+        residual: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, N, C) tokens of an (h, w) map -> (B, N, C), and the attention probabilities (B, heads, N, N / R^2)
-        when requested."""
+        when requested. With `residual` (B, N, C) the output is `residual + attention`, the addition
+        fused into the output projection at CPU inference (`hf_segmodels.onednn`)."""
         batch, length, channels = hidden_states.shape
-        query = self.q(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        query = onednn_linear(self.q, hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         reduced = hidden_states
         if self.sr_ratio > 1:
             reduced = self.norm(map_to_tokens(self.sr(tokens_to_map(hidden_states, size))))
-        key, value = self.kv(reduced).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        key, value = (
+            onednn_linear(self.kv, reduced).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )
         output, weights = attend(self, query, key, value, output_attentions)
-        return self.proj_dropout(self.proj(output.reshape(batch, length, channels))), weights
+        output = output.reshape(batch, length, channels)
+        if residual is None:
+            return self.proj_dropout(onednn_linear(self.proj, output)), weights
+        if self.training:
+            return residual + self.proj_dropout(self.proj(output)), weights
+        return onednn_linear_add(self.proj, output, residual), weights
 
 
 class MixFFN(nn.Module):
@@ -117,11 +130,19 @@ class MixFFN(nn.Module):
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, N, C) tokens of an (h, w) map -> (B, N, C)."""
-        hidden_states = map_to_tokens(self.dwconv(tokens_to_map(self.fc1(hidden_states), size)))
+    def forward(
+        self, hidden_states: torch.Tensor, size: tuple[int, int], residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, N, C) tokens of an (h, w) map -> (B, N, C); with `residual` (B, N, C),
+        `residual + MixFFN(hidden_states)`, the addition fused into `fc2` at CPU inference."""
+        hidden_states = onednn_linear(self.fc1, hidden_states)
+        hidden_states = map_to_tokens(self.dwconv(tokens_to_map(hidden_states, size)))
         hidden_states = self.dropout(self.activation(hidden_states))
-        return self.dropout(self.fc2(hidden_states))
+        if residual is None:
+            return self.dropout(onednn_linear(self.fc2, hidden_states))
+        if self.training:
+            return residual + self.dropout(self.fc2(hidden_states))
+        return onednn_linear_add(self.fc2, hidden_states, residual)
 
 
 class SegformerLayer(GradientCheckpointingLayer):
@@ -139,10 +160,14 @@ class SegformerLayer(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, size: tuple[int, int], output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, weights = self.attn(self.norm1(hidden_states), size, output_attentions)
-        hidden_states = hidden_states + self.drop_path(attention_output)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states), size))
-        return hidden_states, weights
+        if self.training:
+            attention_output, weights = self.attn(self.norm1(hidden_states), size, output_attentions)
+            hidden_states = hidden_states + self.drop_path(attention_output)
+            hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states), size))
+            return hidden_states, weights
+        # Eval: stochastic depth and dropout are identities, the residual additions go into the output products.
+        hidden_states, weights = self.attn(self.norm1(hidden_states), size, output_attentions, residual=hidden_states)
+        return self.mlp(self.norm2(hidden_states), size, residual=hidden_states), weights
 
 
 class SegformerStage(nn.Module):
