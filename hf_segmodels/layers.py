@@ -14,7 +14,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .onednn import linear as onednn_linear, linear_add as onednn_linear_add, linear_gelu as onednn_linear_gelu
+from .onednn import linear as onednn_linear, linear_gelu as onednn_linear_gelu, project as onednn_project
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -118,12 +118,7 @@ class MultiHeadSelfAttention(nn.Module):
             .permute(2, 0, 3, 1, 4)
         )
         output, weights = attend(self, query, key, value, output_attentions)
-        output = output.reshape(batch, length, channels)
-        if residual is None:
-            return self.proj_dropout(onednn_linear(self.proj, output)), weights
-        if self.training:
-            return residual + self.proj_dropout(self.proj(output)), weights
-        return onednn_linear_add(self.proj, output, residual), weights
+        return onednn_project(self.proj, output.reshape(batch, length, channels), self.proj_dropout, residual), weights
 
 
 class FeedForward(nn.Module):
@@ -142,15 +137,12 @@ class FeedForward(nn.Module):
         """(B, N, C) -> (B, N, C); with `residual` (B, N, C), `residual + FFN(hidden_states)`. In eval mode on the
         CPU the activation and the residual addition are fused into the two products (`hf_segmodels.onednn`)."""
         if self.training:
-            output = self.dropout(self.fc2(self.dropout(self.activation(self.fc1(hidden_states)))))
-            return output if residual is None else residual + output
-        if self.exact_gelu:
+            hidden_states = self.dropout(self.activation(self.fc1(hidden_states)))
+        elif self.exact_gelu:
             hidden_states = onednn_linear_gelu(self.fc1, hidden_states)
         else:
             hidden_states = self.activation(onednn_linear(self.fc1, hidden_states))
-        if residual is None:
-            return onednn_linear(self.fc2, hidden_states)
-        return onednn_linear_add(self.fc2, hidden_states, residual)
+        return onednn_project(self.fc2, hidden_states, self.dropout, residual)
 
 
 class TransformerLayer(GradientCheckpointingLayer):

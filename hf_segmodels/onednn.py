@@ -69,3 +69,13 @@ def linear_add(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> tor
     if usable(x, layer) and residual.dtype == torch.float32 and residual.shape[-1] == layer.out_features:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
     return residual + layer(x)
+
+
+def project(layer: nn.Linear, x: torch.Tensor, dropout: nn.Module, residual: torch.Tensor | None = None):
+    """The output projection of an attention or feed-forward block: `dropout(layer(x))`, plus `residual` when given.
+    Outside training (`dropout` in eval mode, hence the identity) the addition is fused into the product."""
+    if residual is None:
+        return dropout(linear(layer, x))
+    if dropout.training:
+        return residual + dropout(layer(x))
+    return linear_add(layer, x, residual)

@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput
 
 from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
-from ..onednn import linear as onednn_linear, linear_add as onednn_linear_add
+from ..onednn import linear as onednn_linear, project as onednn_project
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_segformer import SegformerConfig
 
@@ -108,12 +108,7 @@ class EfficientSelfAttention(nn.Module):
             onednn_linear(self.kv, reduced).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
         output, weights = attend(self, query, key, value, output_attentions)
-        output = output.reshape(batch, length, channels)
-        if residual is None:
-            return self.proj_dropout(onednn_linear(self.proj, output)), weights
-        if self.training:
-            return residual + self.proj_dropout(self.proj(output)), weights
-        return onednn_linear_add(self.proj, output, residual), weights
+        return onednn_project(self.proj, output.reshape(batch, length, channels), self.proj_dropout, residual), weights
 
 
 class MixFFN(nn.Module):
@@ -138,11 +133,7 @@ class MixFFN(nn.Module):
         hidden_states = onednn_linear(self.fc1, hidden_states)
         hidden_states = map_to_tokens(self.dwconv(tokens_to_map(hidden_states, size)))
         hidden_states = self.dropout(self.activation(hidden_states))
-        if residual is None:
-            return self.dropout(onednn_linear(self.fc2, hidden_states))
-        if self.training:
-            return residual + self.dropout(self.fc2(hidden_states))
-        return onednn_linear_add(self.fc2, hidden_states, residual)
+        return onednn_project(self.fc2, hidden_states, self.dropout, residual)
 
 
 class SegformerLayer(GradientCheckpointingLayer):
