@@ -26,8 +26,8 @@ from transformers.utils import ModelOutput
 
 from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
-from ..onednn import linear as onednn_linear, project as onednn_project
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
+from ..onednn import linear as onednn_linear, project as onednn_project
 from .configuration_segformer import SegformerConfig
 
 
