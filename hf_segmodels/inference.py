@@ -36,10 +36,10 @@ def _slide(model, pixel_values: torch.Tensor, window: tuple[int, int], stride: t
     row_list, col_list = _window_starts(height, window_h, stride[0]), _window_starts(width, window_w, stride[1])
     row_starts = torch.tensor(row_list, device=pixel_values.device)
     col_starts = torch.tensor(col_list, device=pixel_values.device)
-    # Windows in row-major order, as the originals visit them (the sums below add in that order too).
+    # Windows in row-major order, as the originals visit them (the sums below add in that order too): Python ints
+    # for the one-window views, a tensor for the batched gather.
     window_origins = [(top, left) for top in row_list for left in col_list]
-    tops = row_starts.repeat_interleave(len(col_starts))
-    lefts = col_starts.repeat(len(row_starts))
+    tops, lefts = torch.tensor(window_origins, device=pixel_values.device).unbind(1)
     window_rows = torch.arange(window_h, device=pixel_values.device)
     window_cols = torch.arange(window_w, device=pixel_values.device)
 
