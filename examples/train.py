@@ -249,6 +249,56 @@ def recipe_of(args, architecture):
     return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says why and what was kept."""
+
+
+def gradients_are_finite(model) -> torch.Tensor:
+    """One reduction over all gradients (the same pass a gradient-norm clip makes): False if any is NaN or Inf."""
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
+    if not gradients:
+        return torch.tensor(True)
+    return torch.isfinite(torch.nn.utils.get_total_norm(gradients))
+
+
+def stop_if_not_finite(accelerator, finite: torch.Tensor, step: int, last_saved: int | None, output_dir: Path):
+    """Raises `TrainingError` on every process when any process saw a non-finite loss or gradient at `step`, before
+    the optimiser step, so no weights, checkpoint, model or card are written from it."""
+    if bool(accelerator.gather(finite.reshape(1).to(accelerator.device)).all()):
+        return
+    kept = f"the last good checkpoint is {output_dir / f'step_{last_saved}'}" if last_saved else "no checkpoint was saved"
+    raise TrainingError(
+        f"The loss or gradients are not finite (NaN or Inf) at step {step}; training stopped before that step's update "
+        f"and nothing was saved from it ({kept}). Lower --learning_rate, set --max_grad_norm, or check the data."
+    )
+
+
+def check_first_examples(samples: SegmentationSamples, count: int = 2) -> None:
+    """Decodes and checks the first `count` examples of a split (image / label shapes, label dtype and values), so
+    that a malformed split fails before training rather than after it."""
+    for index in range(min(count, len(samples))):
+        samples.sample(index)
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise TrainingError(f"--output_dir {str(output_dir)!r} cannot be written to: {error.strerror or error}.") from None
+
+
+def truncate_log(log_path: Path, completed_steps: int) -> None:
+    """Drops the log records of steps after the checkpoint a run resumes from (they are trained again)."""
+    if not log_path.is_file():
+        return
+    kept = [line for line in log_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= completed_steps]
+    log_path.write_text("".join(line + "\n" for line in kept))
+
+
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -261,7 +311,7 @@ def main(argv=None):
         **_distributed_cpu_kwargs(),
     )
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(output_dir)
         remove_temporary(output_dir)
     accelerator.wait_for_everyone()
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
@@ -321,12 +371,14 @@ def main(argv=None):
             f"The {args.train_split!r} split has {len(train_samples)} examples, fewer than one batch of "
             f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
         )
+    check_first_examples(train_samples)
     eval_loader = None
     if validation_split is not None:
         eval_samples = SegmentationSamples(
             validation_split, args.image_column, args.label_column, num_labels, args.do_reduce_labels,
             args.validation_split,
         )
+        check_first_examples(eval_samples)
         eval_loader = torch.utils.data.DataLoader(
             EvalSamples(eval_samples, processor),
             batch_size=args.per_device_eval_batch_size,
@@ -397,53 +449,71 @@ def main(argv=None):
         }
 
     log_path = output_dir / "train_log.jsonl"
+    if accelerator.is_main_process and checkpoint is not None:
+        truncate_log(log_path, completed_steps)
     progress = tqdm(total=args.max_train_steps, initial=completed_steps, desc="training",
                     disable=not accelerator.is_local_main_process)
     last_saved = completed_steps if checkpoint is not None else None
     start_time = time.monotonic()
     model.train()
-    for epoch in range(start_epoch, num_epochs):
-        if completed_steps >= args.max_train_steps:
-            break
-        # The prepared loader passes its own epoch counter to the sampler when iterated, so it is set, not the sampler.
-        train_loader.set_epoch(epoch)
-        loader, first_batch = train_loader, 0
-        if epoch == start_epoch and resume_batches:
-            loader, first_batch = accelerator.skip_first_batches(train_loader, resume_batches), resume_batches
-            loader.set_epoch(epoch)
-        for batch_index, batch in enumerate(loader, start=first_batch):
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and recipe.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            completed_steps += 1
-            progress.update(1)
-            mean_loss = accelerator.gather(loss.detach()[None]).float().mean().item()
-            progress.set_postfix(loss=f"{mean_loss:.4f}")
-            record = {"step": completed_steps, "epoch": epoch, "loss": mean_loss,
-                      "lr": [group["lr"] for group in optimizer.param_groups]}
-            if accelerator.is_main_process:
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            if trackers and completed_steps % args.logging_steps == 0:
-                accelerator.log({"train_loss": mean_loss, "lr": record["lr"][0]}, step=completed_steps)
-            if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, completed_steps, training_state(epoch, batch_index + 1))
-                last_saved = completed_steps
+    try:
+        for epoch in range(start_epoch, num_epochs):
             if completed_steps >= args.max_train_steps:
                 break
-    progress.close()
+            # The prepared loader passes its own epoch counter to the sampler when iterated, so it is set, not the sampler.
+            train_loader.set_epoch(epoch)
+            loader, first_batch = train_loader, 0
+            if epoch == start_epoch and resume_batches:
+                loader, first_batch = accelerator.skip_first_batches(train_loader, resume_batches), resume_batches
+                loader.set_epoch(epoch)
+            for batch_index, batch in enumerate(loader, start=first_batch):
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    finite = torch.isfinite(loss.detach())
+                    if accelerator.sync_gradients:
+                        # Checked before the optimiser step, so non-finite values never reach the weights (fp16 runs
+                        # leave overflowing gradients to the loss scaler, which skips those steps by design).
+                        if recipe.max_grad_norm is not None:
+                            norm = accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                            finite &= torch.isfinite(torch.as_tensor(norm)) | (accelerator.mixed_precision == "fp16")
+                        elif accelerator.mixed_precision != "fp16":
+                            finite &= gradients_are_finite(model)
+                        stop_if_not_finite(accelerator, finite, completed_steps + 1, last_saved, output_dir)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                completed_steps += 1
+                progress.update(1)
+                mean_loss = accelerator.gather(loss.detach()[None]).float().mean().item()
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                record = {"step": completed_steps, "epoch": epoch, "loss": mean_loss,
+                          "lr": [group["lr"] for group in optimizer.param_groups]}
+                if accelerator.is_main_process:
+                    with open(log_path, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                if trackers and completed_steps % args.logging_steps == 0:
+                    accelerator.log({"train_loss": mean_loss, "lr": record["lr"][0]}, step=completed_steps)
+                if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, output_dir, completed_steps, training_state(epoch, batch_index + 1))
+                    last_saved = completed_steps
+                if completed_steps >= args.max_train_steps:
+                    break
+    finally:
+        progress.close()
     if last_saved != completed_steps:
         save_checkpoint(accelerator, output_dir, completed_steps, training_state(epoch, batch_index + 1))
     train_seconds = time.monotonic() - start_time
 
-    # ---------------------------------------------------------------- evaluation and export
+    # ---------------------------------------------------------------- export, then evaluation
+    # The model is written before it is evaluated, so that an error in the validation data never loses the training.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
     results_json = None
     if eval_loader is not None:
         results = evaluate_semantic(model, eval_loader, accelerator, num_labels, description="validation")
@@ -452,11 +522,10 @@ def main(argv=None):
         if trackers:
             accelerator.log({f"eval_{k}": results_json[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")
                              if results_json[k] is not None}, step=completed_steps)
+    elif accelerator.is_main_process:
+        accelerator.print("No validation split: the model is saved without evaluation.")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
         all_results = {"train_steps": completed_steps, "train_seconds": round(train_seconds, 2),
                        "num_processes": accelerator.num_processes}
         if results_json is not None:
@@ -495,4 +564,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (TrainingError, ValueError, FileNotFoundError) as error:
+        # One line naming the cause, last in this process's output (the accelerate launcher adds its own
+        # CalledProcessError traceback after it unless run with `accelerate launch --quiet`).
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .safe_config import ConfigSyntaxError, parse_python_config
+
 
 class ConversionError(ValueError):
     """A checkpoint cannot be converted: missing file, unknown or missing keys, or shapes that do not match."""
@@ -40,18 +42,22 @@ def load_checkpoint(path: str | os.PathLike, *, allow_unsafe_pickle: bool = Fals
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-_CONFIG_BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "True": True, "False": False, "None": None}
-
-
 def load_python_config(path: str | os.PathLike) -> dict:
-    """Reads a flattened mmsegmentation / mmcv `.py` config (only literals and `dict(...)` calls) into a dict."""
+    """Reads an mmsegmentation / mmcv `.py` config into a dict WITHOUT executing it (see `safe_config`): literals,
+    `dict(...)` calls, names assigned earlier, arithmetic on literals and `_base_` files relative to the config."""
     path = _require_file(path, "Config file")
-    namespace: dict = {}
     try:
-        exec(compile(path.read_text(), str(path), "exec"), {"__builtins__": _CONFIG_BUILTINS}, namespace)
-    except Exception as error:
+        return parse_python_config(path.read_text(), str(path), base_dir=path.parent)
+    except (ConfigSyntaxError, UnicodeDecodeError) as error:
         raise ConversionError(f"Could not read the config {str(path)!r}: {error}") from error
-    return namespace
+
+
+def load_python_config_text(text: str, what: str) -> dict:
+    """Reads config text embedded in a checkpoint (e.g. `meta["config"]`) without executing it; no `_base_` files."""
+    try:
+        return parse_python_config(text, what, base_dir=None)
+    except ConfigSyntaxError as error:
+        raise ConversionError(f"Could not read the config stored in {what}: {error}") from error
 
 
 def rename_keys(

@@ -1,5 +1,6 @@
 """Whole-image, sliding-window and multi-scale + flip inference with the semantics of the original code bases."""
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -127,20 +128,32 @@ def infer_logits(
         mean of the views' softmax probabilities, which is how mmsegmentation and Segmenter merge augmented views:
         `softmax` of the result gives exactly the original's averaged probabilities and `argmax` its prediction.
     """
-    check_pixel_values(pixel_values, pixel_values.shape[1] if pixel_values.dim() == 4 else 3)
+    num_channels = pixel_values.shape[1] if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4 else 3
+    check_pixel_values(pixel_values, num_channels)
     if (window is None) != (stride is None):
         raise ValueError("`window` and `stride` must be given together (sliding window) or both left as None.")
     if window is not None:
         window, stride = _pair(window, "window"), _pair(stride, "stride")
+        if stride[0] > window[0] or stride[1] > window[1]:
+            # The windows would leave gaps that no window covers (mmsegmentation asserts against it, too).
+            raise ValueError(
+                f"`stride` {stride} is larger than `window` {window}: pixels between the windows would get no "
+                "prediction. Use a stride no larger than the window."
+            )
     if window_batch_size is None:
         window_batch_size = 1 if pixel_values.device.type == "cpu" else 8
     if window_batch_size < 1:
         raise ValueError(f"`window_batch_size` must be >= 1, got {window_batch_size}.")
     scales = tuple(scales)
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"`scales` must be a non-empty sequence of positive ratios, got {scales!r}.")
-
+    if not scales or any(not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"`scales` must be a non-empty sequence of finite positive ratios, got {scales!r}.")
     height, width = pixel_values.shape[-2:]
+    for scale in scales:
+        if int(height * scale + 0.5) < 1 or int(width * scale + 0.5) < 1:
+            raise ValueError(
+                f"scale {scale} shrinks the {height}x{width} input to less than one pixel; use a larger scale."
+            )
+
     views = [(scale, flipped) for scale in scales for flipped in ((False, True) if flip else (False,))]
     merged = None
     for scale, flipped in views:

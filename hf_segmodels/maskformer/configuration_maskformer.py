@@ -4,6 +4,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ..configuration_utils import check_id2label
 from ..remote_code import RemoteCodeConfigMixin
 
 # The original's Swin (`D2SwinTransformer`) pads inputs to the window size inside every stage and normalises each
@@ -126,6 +127,7 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
+        check_id2label(self)
         if self.decoder_config.model_type != "detr":
             raise ValueError(
                 f"`decoder_config` must be a DetrConfig (model_type 'detr'), got {self.decoder_config.model_type!r}."

@@ -915,7 +915,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         `pixel_mask` (from transformers' MaskFormer processor) is accepted and ignored: the original runs on the
         zero-padded batch without a mask.
         """
-        check_pixel_values(pixel_values, self.config.backbone_config.num_channels)
+        pixel_values = check_pixel_values(pixel_values, self.config.backbone_config.num_channels, self.dtype)
         unexpected = set(kwargs) - {"pixel_mask"}
         if unexpected:
             raise TypeError(f"MaskFormerForUniversalSegmentation.forward() got unexpected arguments {sorted(unexpected)}.")

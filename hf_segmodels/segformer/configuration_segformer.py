@@ -5,6 +5,7 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..configuration_utils import check_id2label
 from ..remote_code import RemoteCodeConfigMixin
 
 # The released Mix Transformer encoders, as defined by the `mit_b0` ... `mit_b5` classes of NVlabs/SegFormer. All share
@@ -130,6 +131,7 @@ class SegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
+        check_id2label(self)
         stages = self.num_encoder_blocks
         for name in ("depths", "sr_ratios", "hidden_sizes", "patch_sizes", "strides", "num_attention_heads",
                      "mlp_ratios"):  # fmt: skip

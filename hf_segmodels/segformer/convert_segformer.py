@@ -16,7 +16,6 @@ import ast
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from ..conversion_utils import (
     ConversionError,
     load_checkpoint,
     load_python_config,
+    load_python_config_text,
     load_state_dict_strict,
     rename_keys,
 )
@@ -172,17 +172,6 @@ def convert_transformers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict
         (r"decode_head\.classifier\.(weight|bias)", r"decode_head.classifier.\1"),
     ]  # fmt: skip
     return rename_keys(state_dict, rules, source_name="transformers SegFormer checkpoint")
-
-
-def _python_config_from_text(text: str, what: str) -> dict:
-    """Reads a config embedded in a checkpoint's meta (the same restricted reader as `load_python_config`)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "config.py"
-        path.write_text(text)
-        try:
-            return load_python_config(path)
-        except ConversionError as error:
-            raise ConversionError(f"Could not read the config stored in {what}: {error}") from error
 
 
 def _class_names(value) -> list[str] | None:
@@ -460,7 +449,7 @@ def convert_segformer_checkpoint(
             cfg = load_python_config(config_path)
         else:
             text = meta.get("config" if source == "original" else "cfg")
-            cfg = _python_config_from_text(text, f"{checkpoint_path.name}'s meta") if isinstance(text, str) else None
+            cfg = load_python_config_text(text, f"{checkpoint_path.name}'s meta") if isinstance(text, str) else None
         if source == "original":
             config = config_from_original(state_dict, cfg)
             converted = convert_original_state_dict(state_dict)

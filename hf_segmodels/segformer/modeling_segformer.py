@@ -286,7 +286,7 @@ class SegformerModel(SegformerPreTrainedModel):
     ) -> SegformerModelOutput | tuple:
         """pixel_values (B, num_channels, H, W) of any size large enough for the spatial reductions (29 pixels per
         side for the released configurations) -> `SegformerModelOutput`."""
-        check_pixel_values(pixel_values, self.config.num_channels)
+        pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         output_hidden_states, output_attentions, return_dict = self._output_flags(
             output_hidden_states, output_attentions, return_dict
         )
@@ -499,7 +499,7 @@ class SegformerForSemanticSegmentation(SegmentationModelMixin, SegformerPreTrain
         Returns `SemanticSegmenterOutput` with `loss`, `logits` (B, num_labels, H / 4, W / 4), `hidden_states` (the four
         stage feature maps (B, C_i, h_i, w_i)) and `attentions` (every block, (B, heads, N, N / sr_ratio^2)).
         """
-        check_pixel_values(pixel_values, self.config.num_channels)
+        pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         encoder_outputs = self.segformer(
             pixel_values,

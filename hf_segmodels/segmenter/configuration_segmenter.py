@@ -3,6 +3,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..configuration_utils import check_id2label
 from ..remote_code import RemoteCodeConfigMixin
 
 # Encoders of rstrudel/segmenter's `segm/config.yml` (width, heads, layers); MLP size is 4x width, head size 64.
@@ -105,6 +106,7 @@ class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
+        check_id2label(self)
         choices = {
             "decoder_type": ("linear", "mask_transformer"),
             "output_upsampling": ("pad_crop", "resize"),

@@ -147,7 +147,7 @@ class SegmenterForSemanticSegmentation(SegmentationModelMixin, SegmenterPreTrain
         embeddings and every encoder layer, (B, tokens, hidden)) and `attentions` (every encoder layer, then every
         Mask-Transformer layer, (B, heads, N, N)).
         """
-        check_pixel_values(pixel_values, self.config.num_channels)
+        pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         output_hidden_states, output_attentions, return_dict = self._output_flags(
             output_hidden_states, output_attentions, return_dict
         )

@@ -3,6 +3,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..configuration_utils import check_id2label
 from ..remote_code import RemoteCodeConfigMixin
 
 # Encoders of the released models (width, layers, heads). "deit" is T-Base initialised from DeiT-B (the DeiT
@@ -182,6 +183,7 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
+        check_id2label(self)
         choices = {
             "decoder_type": ("naive", "pup", "mla"),
             "position_embedding_interpolation": ("bilinear", "bicubic"),

@@ -249,7 +249,7 @@ class SetrForSemanticSegmentation(SegmentationModelMixin, SetrPreTrainedModel):
         embeddings and every encoder layer, (B, tokens, hidden)) and `attentions` (every encoder layer, (B, heads,
         N, N)).
         """
-        check_pixel_values(pixel_values, self.config.num_channels)
+        pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         output_hidden_states, output_attentions, return_dict = self._output_flags(
             output_hidden_states, output_attentions, return_dict
         )
