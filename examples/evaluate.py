@@ -76,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and (len(value) not in (1, 2) or min(value) < 1):
             parser.error(f"--{name} takes one or two positive integers (H [W]).")
+    if args.window is not None and args.stride is not None:
+        window, stride = _pair(args.window), _pair(args.stride)
+        if stride[0] > window[0] or stride[1] > window[1]:
+            parser.error(f"--stride {list(stride)} is larger than --window {list(window)}: the pixels between windows "
+                         "would get no prediction.")
     return args
 
 
@@ -150,8 +155,11 @@ def main(argv=None):
     model = model.to(accelerator.device)
     if args.task == "panoptic":
         results = evaluate_panoptic(model, processor, dataset, args, accelerator)
-        output = {"pq": results["pq"], "sq": results["sq"], "rq": results["rq"],
-                  "per_class": {id2label[k]: v for k, v in results["per_class"].items()}}
+        # NaN (nothing to measure) is written as null, with the reason, so that the file stays valid JSON.
+        output = {key: (None if results[key] != results[key] else results[key]) for key in ("pq", "sq", "rq")}
+        output["per_class"] = {id2label[k]: v for k, v in results.get("per_class", {}).items()}
+        if results.get("warning"):
+            output["warning"] = results["warning"]
         accelerator.print(f"PQ {100 * results['pq']:.2f}  SQ {100 * results['sq']:.2f}  RQ {100 * results['rq']:.2f} "
                           f"over {results['num_classes']} classes")
     else:

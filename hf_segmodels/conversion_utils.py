@@ -32,14 +32,25 @@ def load_checkpoint(path: str | os.PathLike, *, allow_unsafe_pickle: bool = Fals
     """
     path = _require_file(path, "Checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         if not allow_unsafe_pickle:
             raise ConversionError(
                 f"Could not load {str(path)!r} with torch.load(weights_only=True): {error}. If you trust this file, "
                 "pass --allow_unsafe_pickle (allow_unsafe_pickle=True) to unpickle it fully."
             ) from error
-        return torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(
+            f"{str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint: expected a dict (a state dict of "
+            "tensors, or a dict with 'state_dict' / 'model' holding one)."
+        )
+    for key in ("state_dict", "model"):
+        if key in checkpoint and not isinstance(checkpoint[key], dict) and not isinstance(checkpoint[key], str):
+            raise ConversionError(
+                f"{str(path)!r}: checkpoint[{key!r}] is a {type(checkpoint[key]).__name__}, expected a state dict."
+            )
+    return checkpoint
 
 
 def load_python_config(path: str | os.PathLike) -> dict:
@@ -137,10 +148,26 @@ def save_converted(
     code and the `auto_map` entries); the conversion CLI keeps them only with `--remote_code`.
     """
     output_dir = Path(output_dir).resolve()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise ConversionError(f"Output directory {str(output_dir)!r} exists and is not empty; choose a new one.")
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f"Output directory {str(output_dir)!r} is a file; choose a new folder.")
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        if output_dir.exists() and any(output_dir.iterdir()):
+            raise ConversionError(f"Output directory {str(output_dir)!r} exists and is not empty; choose a new one.")
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    except (FileExistsError, NotADirectoryError):
+        raise ConversionError(
+            f"Cannot create the output directory {str(output_dir)!r}: a parent path is a file, not a folder."
+        ) from None
+    except OSError as error:
+        raise ConversionError(
+            f"Cannot write the output directory {str(output_dir)!r}: {error.strerror or error} (read-only file "
+            "system or no permission?)."
+        ) from None
+    # mkdtemp creates the folder private (0700); the result follows the umask like any folder the user creates.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         model.save_pretrained(staging, safe_serialization=True)
         image_processor.save_pretrained(staging)

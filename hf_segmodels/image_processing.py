@@ -9,9 +9,11 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import TensorType
+from transformers.utils import TensorType, logging
 
 from .remote_code import RemoteCodeImageProcessorMixin
+
+logger = logging.get_logger(__name__)
 
 # PIL modes that hold more than 8 bits per pixel; they are mapped to [0, 255] before the usual 1/255 rescale.
 _HIGH_BIT_DEPTH_PIL_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0}
@@ -66,6 +68,15 @@ def _to_channels_last_rgb(image) -> np.ndarray | PIL.Image.Image:
     return image
 
 
+def _looks_rescaled(image) -> bool:
+    """A float array with every value in [0, 1] (transformers' `is_scaled_image` rule)."""
+    if isinstance(image, torch.Tensor):
+        return image.is_floating_point() and image.numel() > 0 and bool(image.min() >= 0) and bool(image.max() <= 1)
+    if isinstance(image, np.ndarray) and image.dtype.kind == "f" and image.size:
+        return bool(image.min() >= 0) and bool(image.max() <= 1)
+    return False
+
+
 def _as_image_list(images) -> list:
     """One image (PIL, or a 2-D / 3-D array) or a batch (list, or a 4-D array) -> a list of images."""
     if isinstance(images, (list, tuple)):
@@ -113,7 +124,19 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
     ) -> BatchFeature:
         """Returns a `BatchFeature` with `pixel_values` (B, 3, H, W) and, when `segmentation_maps` are given,
         `labels` (B, H, W) int64."""
-        images = [_to_channels_last_rgb(image) for image in _as_image_list(images)]
+        images = _as_image_list(images)
+        if not images:
+            raise ValueError("No images to process: got an empty list (pass at least one image).")
+        for index, image in enumerate(images):
+            size = image.size[::-1] if isinstance(image, PIL.Image.Image) else np.shape(image)
+            if 0 in tuple(size):
+                raise ValueError(f"Image {index} is empty (shape {tuple(size)}).")
+        if kwargs.get("do_rescale", self.do_rescale) and any(_looks_rescaled(image) for image in images):
+            logger.warning_once(
+                "It looks like you are trying to rescale already rescaled images (float values in [0, 1]). If the "
+                "input images have pixel values between 0 and 1, set `do_rescale=False` to avoid rescaling them again."
+            )
+        images = [_to_channels_last_rgb(image) for image in images]
         return super().preprocess(images, segmentation_maps, **kwargs)
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
@@ -290,6 +313,13 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
         return results
 
 
+def check_target_sizes(sizes) -> None:
+    """Raises a `ValueError` unless every target size is a (height, width) pair of positive integers."""
+    for index, size in enumerate(sizes):
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"target_sizes[{index}] = {tuple(size)}: expected a (height, width) of at least 1 x 1.")
+
+
 def resized_class_scores(logits: torch.Tensor, target_sizes=None) -> list[torch.Tensor]:
     """Splits `logits` (B, C, h, w) into B (C, H, W) tensors, resized bilinearly (`align_corners=False`) to
     `target_sizes` when given; images sharing a size are resized in one call."""
@@ -302,6 +332,7 @@ def resized_class_scores(logits: torch.Tensor, target_sizes=None) -> list[torch.
             f"Got {len(target_sizes)} target sizes for a batch of {len(logits)}; pass one (height, width) per image."
         )
     sizes = [tuple(int(v) for v in size) for size in target_sizes]
+    check_target_sizes(sizes)
     if len(set(sizes)) == 1:
         return list(F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False))
     return [

@@ -13,6 +13,8 @@ drops the samples duplicated to even out the last batch) and `add_counts`.
 
 from collections.abc import Iterable, Sequence
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -113,13 +115,21 @@ class SegmentationMetric:
         union = label_area + predicted_area - intersection
         iou = intersection / union
         accuracy = intersection / label_area
-        return {
+        results = {
             "mean_iou": torch.nanmean(iou).item(),
             "mean_accuracy": torch.nanmean(accuracy).item(),
             "overall_accuracy": (intersection.sum() / label_area.sum()).item(),
             "per_category_iou": iou,
             "per_category_accuracy": accuracy,
         }
+        if label_area.sum() == 0:
+            reason = (
+                "no valid pixel: every label is the ignore index or outside [0, num_labels) (or nothing was added), "
+                "so the metrics are undefined (NaN)"
+            )
+            warnings.warn(f"SegmentationMetric: {reason}.", RuntimeWarning, stacklevel=2)
+            results["warning"] = reason
+        return results
 
 
 class PanopticQualityMetric:
@@ -237,7 +247,10 @@ class PanopticQualityMetric:
         rq = torch.where(present, tp / denominator.clamp(min=1e-12), 0.0)
         count = int(present.sum())
         if count == 0:
-            return {"pq": float("nan"), "sq": float("nan"), "rq": float("nan"), "num_classes": 0}
+            reason = "no segment in the ground truth or the predictions (outside void and crowd regions)"
+            warnings.warn(f"PanopticQualityMetric: {reason}; PQ / SQ / RQ are undefined (NaN).", RuntimeWarning,
+                          stacklevel=2)
+            return {"pq": float("nan"), "sq": float("nan"), "rq": float("nan"), "num_classes": 0, "warning": reason}
         return {
             "pq": (pq[present].sum() / count).item(),
             "sq": (sq[present].sum() / count).item(),

@@ -407,6 +407,19 @@ def _image_processor_from_transformers(folder: Path | None) -> SegformerImagePro
     return SegformerImageProcessor(size_divisor=None, **kwargs)
 
 
+def guess_source(state_dict: dict) -> str | None:
+    """Which release format a SegFormer state dict looks like: "original" (NVlabs `backbone.patch_embed1.*`),
+    "mmseg" (mmsegmentation 1.x `backbone.layers.*`) or "transformers" (`segformer.encoder.*`); None if unknown."""
+    keys = list(state_dict)
+    if any(key.startswith("backbone.patch_embed1.") for key in keys):
+        return "original"
+    if any(key.startswith("backbone.layers.") for key in keys):
+        return "mmseg"
+    if any(key.startswith("segformer.encoder.") for key in keys):
+        return "transformers"
+    return None
+
+
 def _state_dict_of(checkpoint, source: str) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"The {source} checkpoint is a {type(checkpoint).__name__}, expected a dict.")
@@ -444,6 +457,14 @@ def convert_segformer_checkpoint(
     else:
         checkpoint = load_checkpoint(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
         state_dict = _state_dict_of(checkpoint, source)
+        guessed = guess_source(state_dict)
+        if guessed is not None and guessed != source:
+            names = {"original": "an NVlabs/SegFormer (original)", "mmseg": "an mmsegmentation 1.x",
+                     "transformers": "a transformers"}
+            raise ConversionError(
+                f"{checkpoint_path.name} looks like {names[guessed]} checkpoint, not --source {source}; convert it "
+                f"with --source {guessed}."
+            )
         meta = checkpoint.get("meta") or {}
         if config_path is not None:
             cfg = load_python_config(config_path)

@@ -71,7 +71,7 @@ def metrics_to_json(results: dict, id2label: dict[int, str]) -> dict:
     def clean(value: float):
         return None if value != value else float(value)
 
-    return {
+    data = {
         "mean_iou": clean(results["mean_iou"]),
         "mean_accuracy": clean(results["mean_accuracy"]),
         "overall_accuracy": clean(results["overall_accuracy"]),
@@ -80,6 +80,9 @@ def metrics_to_json(results: dict, id2label: dict[int, str]) -> dict:
             id2label[i]: clean(v) for i, v in enumerate(results["per_category_accuracy"].tolist())
         },
     }
+    if results.get("warning"):
+        data["warning"] = results["warning"]  # why the values above are null
+    return data
 
 
 def format_table(results: dict, id2label: dict[int, str]) -> str:
