@@ -121,7 +121,7 @@ def main():
     progress.close()
 
     results = evaluate(model, validation_loader)
-    per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in zip(CLASSES, results["per_category_iou"].tolist()))
+    per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in zip(CLASSES, results["per_category_iou"]))
     print(f"validation mIoU {results['mean_iou']:.3f} (aAcc {results['overall_accuracy']:.3f}; {per_class})")
 
     model.save_pretrained(output_dir)

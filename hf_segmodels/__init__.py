@@ -3,6 +3,7 @@
 Importing the package registers every configuration, model and image processor with transformers' Auto API.
 """
 
+from . import metrics  # noqa: F401  (hf_segmodels.metrics.MEAN_IOU / PANOPTIC_QUALITY for evaluate.load)
 from .inference import infer_logits
 from .segmenter import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor
 from .setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor

@@ -11,12 +11,27 @@ Both keep plain tensors of counts, so per-process states are combined with a sum
 drops the samples duplicated to even out the last batch) and `add_counts`.
 """
 
-from collections.abc import Iterable, Sequence
-
 import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+
+# `evaluate` modules shipped with the package (no Hub access needed): `evaluate.load(hf_segmodels.metrics.MEAN_IOU)`.
+MEAN_IOU = str(Path(__file__).resolve().parent / "evaluate_modules" / "mean_iou")
+PANOPTIC_QUALITY = str(Path(__file__).resolve().parent / "evaluate_modules" / "panoptic_quality")
+
+
+def _as_tensor(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise ValueError("Class maps must be arrays of one shape; got ragged nested lists.")
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -53,7 +68,8 @@ class SegmentationMetric:
         self.reduce_labels = reduce_labels
         self.confusion = torch.zeros(num_labels + 1, num_labels + 1, dtype=torch.int64)
 
-    def _prepare(self, predictions: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prepare(self, predictions, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        predictions, labels = _as_tensor(predictions), _as_tensor(labels)
         if predictions.shape != labels.shape:
             raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape.")
         if predictions.is_floating_point() or labels.is_floating_point():
@@ -70,6 +86,7 @@ class SegmentationMetric:
     def batch_confusion(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-image confusion matrices (B, num_labels + 1, num_labels + 1) of `predictions` and `labels` (B, H, W)
         (rows: labels, columns: predictions), for gathering across processes before `add_counts`."""
+        predictions, labels = _as_tensor(predictions), _as_tensor(labels)
         if predictions.dim() != 3:
             raise ValueError(f"Expected (batch, height, width) class maps, got shape {tuple(predictions.shape)}.")
         predictions, labels = self._prepare(predictions, labels)
@@ -83,8 +100,10 @@ class SegmentationMetric:
         counts = torch.bincount(index[valid], minlength=batch * size * size)
         return counts.view(batch, size, size)
 
-    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
-        """predictions, labels: integer tensors of the same shape (any number of images)."""
+    def update(self, predictions, labels) -> None:
+        """predictions, labels: integer class maps of the same shape (any number of images), as torch tensors,
+        NumPy arrays (what `Trainer`'s `compute_metrics` receives) or nested lists."""
+        predictions, labels = _as_tensor(predictions), _as_tensor(labels)
         predictions, labels = predictions.reshape(1, 1, -1), labels.reshape(1, 1, -1)
         self.add_counts(self.batch_confusion(predictions, labels))
 
@@ -106,7 +125,8 @@ class SegmentationMetric:
 
     def compute(self) -> dict:
         """Returns `mean_iou`, `mean_accuracy`, `overall_accuracy` (floats; classes with an empty union / no label
-        pixel are NaN and left out of the means) and `per_category_iou`, `per_category_accuracy` (tensors)."""
+        pixel are NaN and left out of the means) and `per_category_iou`, `per_category_accuracy` (lists of floats):
+        plain Python values (`metrics_to_json` in `hf_segmodels.training.evaluation` names the classes)."""
         confusion = self.confusion.double()
         classes = self.num_labels
         intersection = confusion.diagonal()[:classes]
@@ -119,8 +139,8 @@ class SegmentationMetric:
             "mean_iou": torch.nanmean(iou).item(),
             "mean_accuracy": torch.nanmean(accuracy).item(),
             "overall_accuracy": (intersection.sum() / label_area.sum()).item(),
-            "per_category_iou": iou,
-            "per_category_accuracy": accuracy,
+            "per_category_iou": iou.tolist(),
+            "per_category_accuracy": accuracy.tolist(),
         }
         if label_area.sum() == 0:
             reason = (

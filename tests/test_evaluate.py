@@ -33,7 +33,7 @@ def assert_matches(result, expected):
     assert result["overall_accuracy"] == pytest.approx(expected["overall_accuracy"], abs=1e-12)
     obtained = [float("nan") if v is None else v for v in result["per_category_iou"].values()]  # JSON: NaN -> null
     assert obtained == pytest.approx(
-        expected["per_category_iou"].tolist(), abs=1e-12, nan_ok=True
+        expected["per_category_iou"], abs=1e-12, nan_ok=True
     )
 
 

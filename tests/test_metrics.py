@@ -43,7 +43,7 @@ def assert_same(ours, reference):
     for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
         assert ours[key] == pytest.approx(float(reference[key]), abs=1e-12), key
     for key in ("per_category_iou", "per_category_accuracy"):
-        np.testing.assert_allclose(ours[key].numpy(), reference[key], atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(ours[key], reference[key], atol=1e-12, equal_nan=True)
 
 
 @pytest.mark.parametrize("reduce_labels", [False, True])
@@ -162,3 +162,130 @@ def test_pq_merge_and_errors():
         first.update(torch.tensor([[3, 3, 3, 3]]), [], target, segments((1, 0, False), (2, 1, False)))
     with pytest.raises(ValueError, match=r"class ids \[5\]"):
         first.update(target, segments((1, 5, False), (2, 1, False)), target, segments((1, 0, False), (2, 1, False)))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The evaluate modules shipped with the package
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def reference_with_label_map(predictions, labels, num_labels, ignore_index, label_map, reduce_labels, nan_to_num):
+    """The Hub module's `mean_iou` wrapper: label_map applied to the references first, nan_to_num on every value."""
+    mapped = []
+    for label in labels:
+        label = np.array(label)
+        if label_map is not None:
+            for old_id, new_id in label_map.items():
+                label[label == old_id] = new_id
+        mapped.append(label)
+    metrics = reference_mean_iou(predictions, mapped, num_labels, ignore_index, reduce_labels)
+    if nan_to_num is not None:
+        metrics = {key: np.nan_to_num(value, nan=nan_to_num) for key, value in metrics.items()}
+    return metrics
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"reduce_labels": True},
+        {"nan_to_num": 0.0},
+        {"label_map": {1: 2, 2: 1}, "reduce_labels": True},
+        {"ignore_index": 0},
+    ],
+)
+def test_mean_iou_evaluate_module_equals_the_hub_definition(options):
+    import evaluate
+
+    from hf_segmodels.metrics import MEAN_IOU
+
+    rng = np.random.default_rng(7)
+    num_labels, ignore_index = 6, options.get("ignore_index", 255)
+    labels = [rng.choice([0, 1, 2, 3, 5, 6, 255], size=(11, 14)) for _ in range(4)]
+    predictions = [rng.integers(0, num_labels, size=(11, 14)) for _ in range(4)]
+    kwargs = {"num_labels": num_labels, "ignore_index": ignore_index, "reduce_labels": options.get("reduce_labels",
+              False), "nan_to_num": options.get("nan_to_num"), "label_map": options.get("label_map")}
+    metric = evaluate.load(MEAN_IOU)
+    # NumPy, torch and a mix, as compute() and as add_batch() + compute()
+    ours = metric.compute(predictions=predictions, references=[torch.from_numpy(l) for l in labels], **kwargs)
+    metric.add_batch(predictions=[torch.from_numpy(p) for p in predictions[:2]], references=labels[:2])
+    metric.add_batch(predictions=np.stack(predictions[2:]), references=np.stack(labels[2:]))
+    batched = metric.compute(**kwargs)
+    expected = reference_with_label_map(predictions, labels, **kwargs)
+    for result in (ours, batched):
+        assert set(result) == set(expected)
+        for key, value in expected.items():
+            np.testing.assert_allclose(result[key], value, atol=1e-12, equal_nan=True, err_msg=key)
+        assert isinstance(result["per_category_iou"], np.ndarray) and isinstance(result["mean_iou"], float)
+
+
+def test_mean_iou_edge_cases_and_trainer_compute_metrics():
+    import evaluate
+
+    from hf_segmodels.metrics import MEAN_IOU
+
+    metric = evaluate.load(MEAN_IOU)
+    # everything ignored: NaN everywhere, as the Hub module
+    with pytest.warns(RuntimeWarning):
+        empty = metric.compute(predictions=[np.zeros((3, 3), int)], references=[np.full((3, 3), 255)], num_labels=2,
+                               ignore_index=255)
+    assert np.isnan(empty["mean_iou"]) and np.isnan(empty["per_category_iou"]).all()
+    with pytest.raises(ValueError, match="shape"):
+        metric.compute(predictions=[np.zeros((3, 3), int)], references=[np.zeros((3, 4), int)], num_labels=2,
+                       ignore_index=255)
+
+    # What a Trainer hands compute_metrics: NumPy logits (B, C, h, w) and labels (B, H, W).
+    def compute_metrics(eval_pred):
+        logits, labels = eval_pred
+        logits = torch.nn.functional.interpolate(torch.from_numpy(logits), size=labels.shape[-2:], mode="bilinear")
+        result = metric.compute(predictions=logits.argmax(1).numpy(), references=labels, num_labels=3,
+                                ignore_index=255)
+        return {key: value.tolist() for key, value in result.items()}
+
+    rng = np.random.default_rng(0)
+    result = compute_metrics((rng.normal(size=(2, 3, 4, 4)).astype(np.float32), rng.integers(0, 3, (2, 8, 8))))
+    import json
+
+    json.dumps(result)
+    assert 0 <= result["mean_iou"] <= 1 and len(result["per_category_iou"]) == 3
+
+
+def test_panoptic_quality_evaluate_module_equals_the_metric():
+    import evaluate
+
+    from hf_segmodels.metrics import PANOPTIC_QUALITY
+
+    target = torch.tensor([[1, 1, 1, 1, 1, 2, 2, 2, 0, 0]])
+    prediction = torch.tensor([[7, 7, 7, 7, 9, 7, 8, 8, 9, 9]])
+    predicted = [{"id": 7, "label_id": 0, "score": 0.9, "was_fused": False}, {"id": 8, "label_id": 1},
+                 {"id": 9, "label_id": 1}]
+    truth = [{"id": 1, "category_id": 0, "iscrowd": 0, "bbox": [0, 0, 5, 1]}, {"id": 2, "category_id": 1}]
+    expected = PanopticQualityMetric(num_labels=2, thing_ids=[1])
+    expected.update(prediction, predicted, target, truth)
+    metric = evaluate.load(PANOPTIC_QUALITY)
+    metric.add(prediction=prediction, reference=target.numpy(), prediction_segments_info=predicted,
+               reference_segments_info=truth)
+    result, reference = metric.compute(num_labels=2, thing_ids=[1]), expected.compute()
+    assert result["pq"] == pytest.approx((4 / 6 + 2 / 3) / 2)
+    for key in ("pq", "sq", "rq", "num_classes"):
+        assert result[key] == reference[key] and result["things"][key] == reference["things"][key]
+    assert result["per_class"] == reference["per_class"]
+
+
+def test_evaluate_modules_load_with_the_hub_unreachable(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import evaluate, numpy as np, hf_segmodels\n"
+        "m = evaluate.load(hf_segmodels.metrics.MEAN_IOU)\n"
+        "r = m.compute(predictions=[np.eye(3, dtype=int)], references=[np.eye(3, dtype=int)], num_labels=2, "
+        "ignore_index=255)\n"
+        "assert r['mean_iou'] == 1.0\n"
+        "evaluate.load(hf_segmodels.metrics.PANOPTIC_QUALITY)\n"
+        "print('ok')\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

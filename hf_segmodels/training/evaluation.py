@@ -75,9 +75,9 @@ def metrics_to_json(results: dict, id2label: dict[int, str]) -> dict:
         "mean_iou": clean(results["mean_iou"]),
         "mean_accuracy": clean(results["mean_accuracy"]),
         "overall_accuracy": clean(results["overall_accuracy"]),
-        "per_category_iou": {id2label[i]: clean(v) for i, v in enumerate(results["per_category_iou"].tolist())},
+        "per_category_iou": {id2label[i]: clean(v) for i, v in enumerate(results["per_category_iou"])},
         "per_category_accuracy": {
-            id2label[i]: clean(v) for i, v in enumerate(results["per_category_accuracy"].tolist())
+            id2label[i]: clean(v) for i, v in enumerate(results["per_category_accuracy"])
         },
     }
     if results.get("warning"):
