@@ -6,8 +6,9 @@
         --backbone_checkpoint mit_b0.pth --dataset_name scene_parse_150 --do_reduce_labels --id2label id2label.json \\
         --crop_size 512 --max_train_steps 160000 --per_device_train_batch_size 2 --output_dir segformer-b0-ade
 
-    # CPU smoke test on two processes (gloo)
-    accelerate launch --cpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+    # CPU smoke test on two processes (gloo; `--multi_gpu` starts them through torchrun, which train.py joins into
+    # one CPU group: accelerate's `--cpu --num_processes 2` would start a single process)
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
         examples/train.py --model_type segmenter --config_name tiny --dataset_name ./my_dataset --crop_size 32 ...
 
 Training follows the papers: mmsegmentation's augmentation (random resize 0.5-2.0 of the base scale, random crop
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_segmodels  # noqa: F401  (registers the architectures)
+from hf_segmodels.hub import TRAINING_STATE_PATTERNS
 from hf_segmodels.training.augmentation import TrainAugmentation
 from hf_segmodels.training.checkpointing import read_state, remove_temporary, resolve_checkpoint, save_checkpoint
 from hf_segmodels.training.data import (
@@ -556,7 +558,7 @@ def main(argv=None):
             api.create_repo(args.hub_model_id, exist_ok=True)
             api.upload_folder(
                 repo_id=args.hub_model_id, folder_path=str(output_dir), commit_message=f"Training step {completed_steps}",
-                ignore_patterns=["step_*", "step_*/**", ".tmp_step_*", ".old_step_*", "train_log.jsonl"],
+                ignore_patterns=[*TRAINING_STATE_PATTERNS, *(f"{p}/**" for p in TRAINING_STATE_PATTERNS)],
             )
     if trackers:
         accelerator.end_training()

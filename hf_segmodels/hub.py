@@ -68,6 +68,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What examples/train.py leaves in its output folder besides the model: resumable training state (optimizer states,
+# RNG pickles) and logs. Never published, as `train.py --push_to_hub` leaves them out too.
+TRAINING_STATE_PATTERNS = ("step_*", ".tmp_step_*", ".old_step_*", "train_log.jsonl", "*.pkl")
+
+
+def _is_training_state(relative: Path) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in TRAINING_STATE_PATTERNS)
+
+
 def plan_upload(
     folder: str | os.PathLike,
     repo_id: str,
@@ -76,7 +87,8 @@ def plan_upload(
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> UploadPlan:
-    """Lists every file of the converted `folder` (recursively, sorted) as the operations of one commit.
+    """Lists every file of the converted (or trained) `folder` (recursively, sorted) as the operations of one commit,
+    leaving out training state (`step_*/` checkpoints with optimizer states and RNG pickles, `train_log.jsonl`).
 
     Raises `ValueError` for a malformed `repo_id` or a folder that lacks a file every converted checkpoint has.
     """
@@ -95,7 +107,7 @@ def plan_upload(
     files = [
         UploadFile(path.relative_to(folder).as_posix(), path.stat().st_size, _sha256(path))
         for path in sorted(folder.rglob("*"))
-        if path.is_file()
+        if path.is_file() and not _is_training_state(path.relative_to(folder))
     ]
     return UploadPlan(
         folder=folder,

@@ -16,10 +16,77 @@ from .augmentation import TrainAugmentation
 _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
+IMAGE_FOLDER_NAMES = ("images", "image", "img", "imgs")
+MASK_FOLDER_NAMES = ("masks", "mask", "annotations", "labels", "label")
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _paired_folders(folder: Path) -> tuple[Path, Path] | None:
+    """(images folder, masks folder) when `folder` holds one of each (e.g. `images/` and `masks/`)."""
+    images = [folder / name for name in IMAGE_FOLDER_NAMES if (folder / name).is_dir()]
+    masks = [folder / name for name in MASK_FOLDER_NAMES if (folder / name).is_dir()]
+    return (images[0], masks[0]) if images and masks else None
+
+
+def _paired_split(images: Path, masks: Path) -> Dataset:
+    """Images and PNG masks matched by file name without suffix (`images/x.jpg` <-> `masks/x.png`), in sorted order,
+    as a dataset with `image` and `annotation` columns (decoded lazily from the files)."""
+    from datasets import Features
+    from datasets import Image as ImageFeature
+
+    def files(folder: Path) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES:
+                key = path.relative_to(folder).with_suffix("").as_posix()
+                if key in found:
+                    raise ValueError(f"{str(folder)!r} has two files for {key!r}: {found[key].name} and {path.name}.")
+                found[key] = path
+        return found
+
+    image_files, mask_files = files(images), files(masks)
+    without_mask = sorted(set(image_files) - set(mask_files))
+    without_image = sorted(set(mask_files) - set(image_files))
+    if without_mask or without_image:
+        problems = []
+        if without_mask:
+            problems.append(f"{len(without_mask)} image(s) in {str(images)!r} without a mask: {without_mask[:5]}")
+        if without_image:
+            problems.append(f"{len(without_image)} mask(s) in {str(masks)!r} without an image: {without_image[:5]}")
+        raise ValueError("Images and masks are matched by file name (images/x.jpg <-> masks/x.png); " +
+                         "; ".join(problems) + ".")
+    if not image_files:
+        raise ValueError(f"No images (.jpg, .png, ...) in {str(images)!r}.")
+    names = sorted(image_files)
+    features = Features({"image": ImageFeature(), "annotation": ImageFeature()})
+    return Dataset.from_dict(
+        {"image": [str(image_files[n]) for n in names], "annotation": [str(mask_files[n]) for n in names]},
+        features=features,
+    )
+
+
+def load_image_mask_folders(path: Path) -> DatasetDict | None:
+    """The "folder of images + folder of masks" layout: `path/images` + `path/masks` (one `train` split), or
+    `path/<split>/images` + `path/<split>/masks` for each split folder (`train/`, `validation/`, ...). None if `path`
+    has neither layout."""
+    pair = _paired_folders(path)
+    if pair is not None:
+        return DatasetDict({"train": _paired_split(*pair)})
+    splits = {}
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and (pair := _paired_folders(child)) is not None:
+            splits[child.name] = _paired_split(*pair)
+    return DatasetDict(splits) if splits else None
+
+
 def load_splits(dataset_name: str, dataset_config_name: str | None = None) -> DatasetDict:
-    """Every split of `dataset_name`: a folder written by `save_to_disk`, a local data folder or file for
-    `datasets.load_dataset` (imagefolder, parquet, arrow), or a Hub dataset id."""
+    """Every split of `dataset_name`: a folder written by `save_to_disk`, a folder of images and a folder of masks
+    with matching file names (`images/` + `masks/`, optionally inside `train/`, `validation/`, ...), a local data
+    folder or file for `datasets.load_dataset` (imagefolder, parquet, arrow), or a Hub dataset id."""
     path = Path(dataset_name)
+    paired = load_image_mask_folders(path) if path.is_dir() else None
+    if paired is not None:
+        return paired
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         # `datasets` cannot load a saved split with 0 examples (it fails with an IndexError): name it instead.
         empty = [
