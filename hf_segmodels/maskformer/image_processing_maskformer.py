@@ -126,7 +126,8 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     PIXEL_STD / 255), then zero-padded (after normalisation, at the bottom and right) to the batch's largest size
     rounded up to a multiple of `size_divisor`, as the original's `ImageList.from_tensors(images,
     MASK_FORMER.SIZE_DIVISIBILITY)` does (32 for the semantic releases, 0 = no rounding for the panoptic ones;
-    converted checkpoints record theirs). `pixel_mask` (B, H, W) marks the image pixels (1) and the padding (0). The
+    converted checkpoints record theirs; transformers' processor instead rounds the resized size to `size_divisor`
+    and pads only to the batch's largest size). `pixel_mask` (B, H, W) marks the image pixels (1) and the padding (0). The
     original has no padding mask, so the network runs on the padded batch as it is; the model reads `pixel_mask`
     only to record each image's size for the post-processing, which crops the padding off.
 
