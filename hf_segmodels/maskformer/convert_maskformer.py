@@ -166,6 +166,7 @@ def convert_transformers_checkpoint(
                 image_mean=values.get("image_mean", processor.image_mean),
                 image_std=values.get("image_std", processor.image_std),
                 do_reduce_labels=bool(values.get("do_reduce_labels", False)),
+                size_divisor=int(values.get("size_divisor", 32) or 0),
             )
     return model, processor
 
