@@ -220,10 +220,29 @@ def build_maskformer(backbone: str, size: int, folder: Path) -> dict:
         return torch.cat([scores.flatten(), outputs.masks_queries_logits.flatten(),
                           outputs.class_queries_logits.flatten()])  # fmt: skip
 
+    def original_post():
+        """A literal port of the original's panoptic_inference (ours follows it; transformers resizes probabilities
+        and measures the overlap differently, so its map differs on a few boundary pixels)."""
+        logits = torch.nn.functional.interpolate(synthetic.masks_queries_logits, size=(size, size), mode="bilinear",
+                                                 align_corners=False)[0]  # fmt: skip
+        scores, labels = synthetic.class_queries_logits[0].softmax(-1).max(-1)
+        keep = labels.ne(synthetic.class_queries_logits.shape[-1] - 1) & (scores > post_kwargs["threshold"])
+        masks = logits[keep].sigmoid()
+        ids = (scores[keep].view(-1, 1, 1) * masks).argmax(0)
+        panoptic = torch.zeros(ids.shape, dtype=torch.long)
+        segment = 0
+        for k in range(masks.shape[0]):
+            mask = ids == k
+            area, original_area = mask.sum().item(), (masks[k] >= 0.5).sum().item()
+            if area > 0 and original_area > 0 and area / original_area >= 0.8:
+                segment += 1
+                panoptic[mask] = segment
+        return panoptic
+
     with torch.inference_mode():
-        same = torch.equal(ours_post()[0]["segmentation"].long(), peer_post()[0]["segmentation"].long())
+        same = torch.equal(ours_post()[0]["segmentation"].long(), original_post())
     if not same:
-        raise SystemExit(f"maskformer-{backbone}: panoptic maps of ours and transformers differ; not benchmarking.")
+        raise SystemExit(f"maskformer-{backbone}: our panoptic map differs from the original's; not benchmarking.")
     return {
         "model": ours,
         "rows": {
@@ -238,7 +257,7 @@ def build_maskformer(backbone: str, size: int, folder: Path) -> dict:
         },
         "whole": lambda: ours(pixel_values=pixel_values),
         "post": {"ours": ours_post, "peer": peer_post,
-                 "what": "panoptic on the same outputs (~100 segments); identical maps checked"},
+                 "what": "panoptic on the same outputs (~100 segments); our map checked equal to the original's algorithm"},
     }
 
 

@@ -311,3 +311,23 @@ def test_transformer_encoder_pixel_decoder_matches_the_original_reference(kind, 
                                    atol=1e-4, rtol=0)
     # the decoder attends to the encoded map (h/32 * w/32 keys), not to the backbone's
     assert actual.cross_attentions[0].shape[-1] == features[-1].shape[-2] * features[-1].shape[-1]
+
+
+@pytest.mark.parametrize("use_auxiliary_loss", [False, True])
+def test_transformers_source_keeps_use_auxiliary_loss_and_the_loss(use_auxiliary_loss, tmp_path):
+    """facebook/maskformer-* configs have use_auxiliary_loss False: the converted model must compute the same loss."""
+    reference = tiny_transformers_model("resnet", seed=3)
+    reference.config.use_auxiliary_loss = use_auxiliary_loss
+    reference.save_pretrained(tmp_path)
+    model, _ = convert_transformers_checkpoint(tmp_path)
+    assert model.config.use_auxiliary_loss is use_auxiliary_loss
+    if use_auxiliary_loss:
+        return  # (the auxiliary terms are weighted differently by transformers; the flag is what must carry over)
+    reference = type(reference).from_pretrained(tmp_path).eval()
+    pixel_values = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    masks = [(torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(1)) > 0.5).float()]
+    classes = [torch.tensor([1, 3])]
+    with torch.no_grad():
+        ours = model(pixel_values=pixel_values, mask_labels=masks, class_labels=classes).loss
+        theirs = reference(pixel_values=pixel_values, mask_labels=masks, class_labels=classes).loss
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-4)

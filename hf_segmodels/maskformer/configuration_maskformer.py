@@ -56,8 +56,14 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         backbone_last_stage_dilations (`list[int]`, *optional*): ResNet backbones only. Dilation of the 3x3
             convolution of every block of the last stage (DeepLab's multi-grid, `[1, 2, 4]` in R101c); the stage keeps
             its stride.
-        size_divisibility (`int`, defaults to 32): whole-image inference (`full_resolution_logits`) zero-pads the
-            image to a multiple of this, as the original's `ImageList.from_tensors`, and crops the scores back.
+        size_divisibility (`int`, defaults to 32): the original's `MASK_FORMER.SIZE_DIVISIBILITY`: whole-image
+            inference (`full_resolution_logits`) zero-pads the image to a multiple of this, as the original's
+            `ImageList.from_tensors`, and crops the scores back; 0 or 1: no rounding (the COCO / ADE panoptic
+            releases). Converted checkpoints record their release's value (and their image processor's
+            `size_divisor` pads batches the same way).
+        enforce_input_projection (`bool`, defaults to `False`): the original's `ENFORCE_INPUT_PROJ`: the transformer
+            decoder projects its memory with a 1x1 convolution even when its width already equals `d_model` (the
+            released Swin panoptic models). Without it the projection exists only where the widths differ.
         init_std, init_xavier_std (`float`): initialisation (normal std of embeddings; gain of Xavier inits).
 
     Example:
@@ -104,6 +110,7 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     backbone_deep_stem: bool = False
     backbone_last_stage_dilations: list[int] | None = None
     size_divisibility: int = 32
+    enforce_input_projection: bool = False
     init_std: float = 0.02
     init_xavier_std: float | int = 1.0
 

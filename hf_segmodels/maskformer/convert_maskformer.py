@@ -68,6 +68,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from transformers import DetrConfig, MaskFormerSwinConfig, ResNetConfig
 
 from ..conversion_utils import ConversionError, load_checkpoint, load_state_dict_strict, rename_keys
@@ -107,7 +108,7 @@ TRANSFORMERS_DROP = [r"criterion\.empty_weight"]
 # Fields of transformers' MaskFormerConfig that carry over unchanged.
 _TRANSFORMERS_CONFIG_FIELDS = (
     "fpn_feature_size", "mask_feature_size", "no_object_weight", "cross_entropy_weight", "mask_weight", "dice_weight",
-    "init_std", "init_xavier_std", "id2label", "label2id",
+    "init_std", "init_xavier_std", "id2label", "label2id", "use_auxiliary_loss", "output_auxiliary_logits",
 )
 
 
@@ -165,6 +166,7 @@ def convert_transformers_checkpoint(
                 image_mean=values.get("image_mean", processor.image_mean),
                 image_std=values.get("image_std", processor.image_std),
                 do_reduce_labels=bool(values.get("do_reduce_labels", False)),
+                size_divisor=int(values.get("size_divisor", 32) or 0),
             )
     return model, processor
 
@@ -185,6 +187,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("collections", "OrderedDict"),
+        # protocol-2 pickles written by Python 3 rebuild every byte string (the arrays' raw data) with
+        # `_codecs.encode(text, "latin1")`: a pure str -> bytes conversion
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):
@@ -218,6 +223,232 @@ def load_original_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False
             raise ConversionError(f"Entry {key!r} of {str(path)!r} is a {type(value).__name__}, not an array.")
         state_dict[key] = value
     return state_dict
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The release's detectron2 config (config.yaml) and what the weights cannot tell
+# ----------------------------------------------------------------------------------------------------------------
+
+# Contiguous ids of the "stuff" classes of the panoptic datasets, as the original's metadata defines them
+# (`thing_dataset_id_to_contiguous_id`): COCO panoptic (detectron2 `COCO_CATEGORIES`: 80 things, then 53 stuff) and
+# ADE20K panoptic (MaskFormer `register_ade20k_panoptic.py`, `isthing` of `ADE20K_150_CATEGORIES`).
+COCO_PANOPTIC_STUFF_IDS = tuple(range(80, 133))
+ADE20K_PANOPTIC_STUFF_IDS = (
+    0, 1, 2, 3, 4, 5, 6, 9, 11, 13, 16, 17, 21, 25, 26, 28, 29, 34, 40, 46, 48, 51, 52, 54, 59, 60, 61, 63, 68, 77, 79,
+    84, 91, 94, 96, 99, 100, 101, 105, 106, 109, 113, 114, 117, 122, 128, 131, 140, 141, 145,
+)
+
+# What a release's config sets and its weights cannot tell, per dataset of model_cards/zoo.json (used when no
+# config.yaml is given): MASK_FORMER.SIZE_DIVISIBILITY (32 for the semantic releases, 0 for the panoptic ones),
+# PANOPTIC_ON (which makes the original resize the mask logits before the semantic / panoptic inference), the stuff
+# classes of the panoptic metadata and the test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
+RELEASE_SETTINGS = {
+    "ade20k": {"size_divisibility": 32, "panoptic": False, "size": (512, 2048)},
+    "ade20k-full": {"size_divisibility": 32, "panoptic": False},
+    "coco-stuff-10k": {"size_divisibility": 32, "panoptic": False},
+    "cityscapes": {"size_divisibility": 32, "panoptic": False},
+    "mapillary-vistas": {"size_divisibility": 32, "panoptic": False},
+    "coco-panoptic": {"size_divisibility": 0, "panoptic": True, "stuff": COCO_PANOPTIC_STUFF_IDS, "size": (800, 1333)},
+    "ade20k-panoptic": {"size_divisibility": 0, "panoptic": True, "stuff": ADE20K_PANOPTIC_STUFF_IDS, "size": (640, 2560)},
+}
+
+
+def _stuff_ids_of_dataset(name: str) -> tuple[int, ...] | None:
+    """Stuff classes of a detectron2 panoptic dataset name (`coco_2017_val_panoptic`, `ade20k_panoptic_val`)."""
+    name = name.lower()
+    if "panoptic" in name and name.startswith("coco"):
+        return COCO_PANOPTIC_STUFF_IDS
+    if "panoptic" in name and name.startswith("ade20k"):
+        return ADE20K_PANOPTIC_STUFF_IDS
+    return None
+
+
+class _Detectron2ConfigLoader(yaml.SafeLoader):
+    """Reads detectron2 / MaskFormer yaml configs as plain data. Python tags (the released ADE20K configs compute
+    `MIN_SIZE_TRAIN` with `!!python/object/apply:eval`) are NEVER evaluated: they load as None."""
+
+
+_Detectron2ConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+_Detectron2ConfigLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_detectron2_config(path: str | Path, _depth: int = 0) -> dict:
+    """A detectron2 yaml config as a nested dict: a full `cfg.dump()` (config.yaml) or a released config file whose
+    `_BASE_` chain is followed relative to it (keys of the file win over its base's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"Config file not found: {str(path)!r}.")
+    try:
+        values = yaml.load(path.read_text(), Loader=_Detectron2ConfigLoader) or {}
+    except yaml.YAMLError as error:
+        raise ConversionError(f"Could not read the detectron2 config {str(path)!r}: {error}") from error
+    if not isinstance(values, dict):
+        raise ConversionError(f"{str(path)!r} is not a detectron2 config (a yaml mapping).")
+    base = values.pop("_BASE_", None)
+    if base:
+        if _depth > 10:
+            raise ConversionError(f"{str(path)!r}: _BASE_ chain too deep.")
+        values = _merge(read_detectron2_config(path.parent / base, _depth + 1), values)
+    return values
+
+
+def _get(config: dict, dotted: str, default=None):
+    value = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def settings_from_detectron2_config(config: dict) -> tuple[dict, dict, bool]:
+    """What a MaskFormer detectron2 config sets beyond the weights: `MaskFormerConfig` overrides (decoder heads and
+    dropout, size divisibility, input projection, ResNet stride / multi-grid), `MaskFormerImageProcessor` arguments
+    (normalisation, test resize, padding, post-processing order, stuff classes) and whether the model reads BGR.
+    Raises `ConversionError` for settings the port does not implement."""
+    model = config.get("MODEL", {})
+    mask_former = model.get("MASK_FORMER", {})
+    head = model.get("SEM_SEG_HEAD", {})
+    unsupported = []
+    if _get(model, "META_ARCHITECTURE", "MaskFormer") != "MaskFormer":
+        unsupported.append(f"MODEL.META_ARCHITECTURE {model['META_ARCHITECTURE']!r}")
+    if mask_former.get("PRE_NORM", False):
+        unsupported.append("MODEL.MASK_FORMER.PRE_NORM True")
+    if mask_former.get("ENC_LAYERS", 0):
+        unsupported.append(f"MODEL.MASK_FORMER.ENC_LAYERS {mask_former['ENC_LAYERS']}")
+    decoder_name = head.get("PIXEL_DECODER_NAME", "BasePixelDecoder")
+    in_feature = mask_former.get("TRANSFORMER_IN_FEATURE", "res5")
+    if decoder_name == "BasePixelDecoder":
+        if in_feature != (head.get("IN_FEATURES") or ["res5"])[-1]:
+            unsupported.append(f"TRANSFORMER_IN_FEATURE {in_feature!r} with the BasePixelDecoder")
+    elif decoder_name == "TransformerEncoderPixelDecoder":
+        if in_feature != "transformer_encoder":
+            unsupported.append(f"TRANSFORMER_IN_FEATURE {in_feature!r} with the TransformerEncoderPixelDecoder")
+    else:
+        unsupported.append(f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME {decoder_name!r}")
+    if head.get("NORM", "GN") != "GN":
+        unsupported.append(f"MODEL.SEM_SEG_HEAD.NORM {head['NORM']!r}")
+    resnets = model.get("RESNETS", {})
+    backbone_name = _get(model, "BACKBONE.NAME", "build_resnet_backbone")
+    overrides: dict = {"backbone_config": {}}
+    if "resnet" in backbone_name:
+        if int(resnets.get("NUM_GROUPS", 1)) != 1:
+            unsupported.append(f"MODEL.RESNETS.NUM_GROUPS {resnets['NUM_GROUPS']} (ResNeXt)")
+        if resnets.get("NORM", "FrozenBN") not in ("FrozenBN", "BN", "SyncBN", "nnSyncBN", "naiveSyncBN"):
+            unsupported.append(f"MODEL.RESNETS.NORM {resnets['NORM']!r}")
+        if any(resnets.get("DEFORM_ON_PER_STAGE", [])):
+            unsupported.append("deformable convolutions (MODEL.RESNETS.DEFORM_ON_PER_STAGE)")
+        if int(resnets.get("RES4_DILATION", 1)) != 1:
+            unsupported.append(f"MODEL.RESNETS.RES4_DILATION {resnets['RES4_DILATION']}")
+        res5_dilation = int(resnets.get("RES5_DILATION", 1))
+        if res5_dilation != 1:
+            unsupported.append(f"MODEL.RESNETS.RES5_DILATION {res5_dilation} (a stride-1 last stage)")
+        overrides["backbone_config"]["downsample_in_bottleneck"] = bool(resnets.get("STRIDE_IN_1X1", False))
+        if backbone_name == "build_resnet_deeplab_backbone":
+            # detectron2's DeepLab ResNet: the 3x3 convs of the last stage use RES5_DILATION x RES5_MULTI_GRID
+            grid = resnets.get("RES5_MULTI_GRID") or [1, 1, 1]
+            overrides["backbone_last_stage_dilations"] = [res5_dilation * int(g) for g in grid]
+        else:
+            overrides["backbone_last_stage_dilations"] = None  # build_resnet_backbone ignores RES5_MULTI_GRID
+    swin = model.get("SWIN", {})
+    if "swin" in backbone_name.lower():
+        if swin.get("APE", False):
+            unsupported.append("MODEL.SWIN.APE True")
+        if swin.get("QK_SCALE") is not None:
+            unsupported.append(f"MODEL.SWIN.QK_SCALE {swin['QK_SCALE']}")
+    if unsupported:
+        raise ConversionError("The detectron2 config uses settings this port does not implement: " + "; ".join(unsupported))
+
+    dropout = float(mask_former.get("DROPOUT", 0.1))
+    overrides["decoder_config"] = {
+        "decoder_attention_heads": int(mask_former.get("NHEADS", 8)),
+        "dropout": dropout,
+        "attention_dropout": dropout,
+        "activation_dropout": dropout,
+    }
+    size_divisibility = int(mask_former.get("SIZE_DIVISIBILITY", 32))
+    overrides["size_divisibility"] = size_divisibility
+    if mask_former.get("ENFORCE_INPUT_PROJ", False):
+        overrides["enforce_input_projection"] = True
+    if not overrides["backbone_config"]:
+        overrides.pop("backbone_config")
+
+    test = mask_former.get("TEST", {})
+    panoptic = bool(test.get("PANOPTIC_ON", False))
+    processor: dict = {
+        "size_divisor": max(size_divisibility, 0),
+        "sem_seg_postprocessing_before_inference": bool(
+            test.get("SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE", False) or panoptic
+        ),
+    }
+    bgr = str(_get(config, "INPUT.FORMAT", "RGB")).upper() == "BGR"
+    mean, std = model.get("PIXEL_MEAN"), model.get("PIXEL_STD")
+    if mean is not None and std is not None:
+        order = slice(None, None, -1) if bgr else slice(None)
+        processor["image_mean"] = [float(v) / 255 for v in list(mean)[order]]
+        processor["image_std"] = [float(v) / 255 for v in list(std)[order]]
+    min_size, max_size = _get(config, "INPUT.MIN_SIZE_TEST"), _get(config, "INPUT.MAX_SIZE_TEST")
+    if isinstance(min_size, int) and min_size > 0:
+        processor["size"] = {"shortest_edge": min_size, "longest_edge": int(max_size or 1333)}
+    elif min_size == 0:
+        processor["do_resize"] = False
+    if panoptic:
+        datasets = list(_get(config, "DATASETS.TEST") or []) + list(_get(config, "DATASETS.TRAIN") or [])
+        for name in datasets:
+            stuff = _stuff_ids_of_dataset(str(name))
+            if stuff is not None:
+                processor["label_ids_to_fuse"] = list(stuff)
+                break
+    return overrides, processor, bgr
+
+
+def settings_of_release(checkpoint: str | Path) -> tuple[dict, dict] | None:
+    """`MaskFormerConfig` overrides and image-processor arguments of a known release (model_cards/zoo.json, by file
+    name) from `RELEASE_SETTINGS`, or None for an unknown checkpoint."""
+    from ..model_card import ZOO_PATH, find_zoo_entry, load_zoo
+
+    if not ZOO_PATH.is_file():
+        return None
+    entry = find_zoo_entry(checkpoint, load_zoo(), "maskformer")
+    if entry is None or entry["source_format"] != "original" or entry["dataset"] not in RELEASE_SETTINGS:
+        return None
+    release = RELEASE_SETTINGS[entry["dataset"]]
+    overrides = {"size_divisibility": release["size_divisibility"]}
+    processor = {
+        "size_divisor": release["size_divisibility"],
+        "sem_seg_postprocessing_before_inference": release["panoptic"],
+    }
+    if "stuff" in release:
+        processor["label_ids_to_fuse"] = list(release["stuff"])
+    if "size" in release:
+        processor["size"] = {"shortest_edge": release["size"][0], "longest_edge": release["size"][1]}
+    return overrides, processor
+
+
+def _pixel_decoder_prefix(state_dict: dict) -> str:
+    """`sem_seg_head.pixel_decoder.` (current layout) or `sem_seg_head.` (the older `MaskFormerHead` layout that the
+    original loader renames); a checkpoint mixing both is refused."""
+    current = [k for k in state_dict if k.startswith("sem_seg_head.pixel_decoder.")]
+    older = [
+        k for k in state_dict
+        if k.startswith("sem_seg_head.") and not k.startswith(("sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."))
+    ]
+    if current and older:
+        raise ConversionError(
+            "The checkpoint mixes the two pixel-decoder layouts (`sem_seg_head.pixel_decoder.*` and the older "
+            f"`sem_seg_head.*`): {sorted(older)[:10]}"
+        )
+    return "sem_seg_head." if older else "sem_seg_head.pixel_decoder."
 
 
 def _count(state_dict: dict, pattern: str) -> int:
@@ -276,8 +507,9 @@ def config_from_original(state_dict: dict[str, torch.Tensor], overrides: dict | 
         query_embed = state_dict[prefix + "query_embed.weight"]
         num_classes = state_dict[prefix + "class_embed.weight"].shape[0] - 1
         ffn_dim = state_dict[prefix + "transformer.decoder.layers.0.linear1.weight"].shape[0]
-        fpn_size = state_dict["sem_seg_head.pixel_decoder.mask_features.weight"].shape[1]
-        mask_size = state_dict["sem_seg_head.pixel_decoder.mask_features.weight"].shape[0]
+        pixel_prefix = _pixel_decoder_prefix(state_dict)
+        fpn_size = state_dict[pixel_prefix + "mask_features.weight"].shape[1]
+        mask_size = state_dict[pixel_prefix + "mask_features.weight"].shape[0]
     except KeyError as error:
         raise ConversionError(f"The checkpoint lacks {error.args[0]!r}; is it a MaskFormer checkpoint?") from error
     decoder_values = {
@@ -286,6 +518,7 @@ def config_from_original(state_dict: dict[str, torch.Tensor], overrides: dict | 
         "decoder_attention_heads": 8,
         "decoder_ffn_dim": ffn_dim,
         "dropout": 0.1,
+        "attention_dropout": 0.1,
         "activation_dropout": 0.1,
         "num_queries": query_embed.shape[0],
         "use_timm_backbone": False,
@@ -299,8 +532,10 @@ def config_from_original(state_dict: dict[str, torch.Tensor], overrides: dict | 
         "fpn_feature_size": fpn_size,
         "mask_feature_size": mask_size,
         "pixel_decoder_encoder_layers": _count(
-            state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\..*"
+            state_dict, re.escape(pixel_prefix) + r"transformer\.encoder\.layers\.(\d+)\..*"
         ),
+        # ENFORCE_INPUT_PROJ: a predictor input projection in the weights is used, even where the widths are equal
+        "enforce_input_projection": prefix + "input_proj.weight" in state_dict,
         **model_values,
     }
     values.update(overrides)
@@ -329,7 +564,9 @@ def original_rules(num_features: int, deep_stem: bool = False) -> list[tuple[str
     """`rename_keys` rules of the original layout for a pixel decoder fed `num_features` backbone maps (and a
     DeepLab stem when `deep_stem`)."""
     n = num_features
-    pixel = r"sem_seg_head\.pixel_decoder\."
+    # the current layout (`sem_seg_head.pixel_decoder.*`) and the older one the original loader renames
+    # (`MaskFormerHead._load_from_state_dict`: pixel-decoder weights directly under `sem_seg_head.`)
+    pixel = r"sem_seg_head\.(?:pixel_decoder\.)?"
     encoder_layer = pixel + r"transformer\.encoder\.layers\.(\d+)\."
     stem_target = r"backbone.embedder.embedder.{}." if deep_stem else r"backbone.embedder.embedder."
 
@@ -345,13 +582,12 @@ def original_rules(num_features: int, deep_stem: bool = False) -> list[tuple[str
     ours_swin = r"backbone.model.encoder.layers.\1.blocks.\2."
 
     def lateral(match: re.Match, tensor):
-        k = int(match.group(1))
-        kind = "lateral_convs" if match.group(0).startswith("sem_seg_head.pixel_decoder.adapter") else "output_convs"
-        if kind == "output_convs" and k == n:
+        kind, k, name = match.group(1), int(match.group(2)), match.group(3)
+        if kind == "layer" and k == n:
             target = "pixel_decoder.stem."
         else:
-            target = f"pixel_decoder.{kind}.{n - 1 - k}."
-        suffix = "conv.weight" if match.group(2) == "weight" else f"norm.{match.group(2)[len('norm.'):]}"
+            target = f"pixel_decoder.{'lateral_convs' if kind == 'adapter' else 'output_convs'}.{n - 1 - k}."
+        suffix = "conv.weight" if name == "weight" else f"norm.{name[len('norm.'):]}"
         return {target + suffix: tensor}
 
     return [
@@ -382,7 +618,7 @@ def original_rules(num_features: int, deep_stem: bool = False) -> list[tuple[str
          r"backbone.model.encoder.layers.\1.downsample.\2"),
         (r"backbone\.norm(\d+)\.(weight|bias)", r"backbone.hidden_states_norms.\1.\2"),
         # Pixel decoder (BasePixelDecoder)
-        (pixel + r"(?:adapter|layer)_(\d+)\.(weight|norm\.weight|norm\.bias)", lateral),
+        (pixel + r"(adapter|layer)_(\d+)\.(weight|norm\.weight|norm\.bias)", lateral),
         (pixel + r"mask_features\.(weight|bias)", r"pixel_decoder.mask_projection.\1"),
         # TransformerEncoderPixelDecoder
         (pixel + r"input_proj\.(weight|bias)", r"pixel_decoder.input_projection.\1"),
@@ -413,13 +649,21 @@ def original_rules(num_features: int, deep_stem: bool = False) -> list[tuple[str
     ]
 
 
-ORIGINAL_DROP = [r"criterion\.empty_weight", r"pixel_mean", r"pixel_std"]
+ORIGINAL_DROP = [
+    r"criterion\.empty_weight",
+    r"pixel_mean",
+    r"pixel_std",
+    # (Sync)BatchNorm counters of backbones trained without FrozenBN (eval mode never reads them)
+    r"backbone\..+\.num_batches_tracked",
+]
 
 
 def convert_original_state_dict(
-    state_dict: dict[str, torch.Tensor], overrides: dict | None = None
+    state_dict: dict[str, torch.Tensor], overrides: dict | None = None, bgr_input: bool = False
 ) -> MaskFormerForUniversalSegmentation:
-    """Our model (eval mode) holding the weights of an original MaskFormer state dict."""
+    """Our model (eval mode) holding the weights of an original MaskFormer state dict (either pixel-decoder layout).
+    `bgr_input`: the original reads BGR images (`INPUT.FORMAT: BGR`); the input channels of the first convolution are
+    reversed so that the model reads RGB like every other of ours."""
     config = config_from_original(state_dict, overrides)
     model = MaskFormerForUniversalSegmentation(config).eval()
     num_features = len(model.backbone.channels)
@@ -434,31 +678,82 @@ def convert_original_state_dict(
             converted[key] = torch.zeros_like(value)
         elif key in ("backbone.model.layernorm.weight", "backbone.model.layernorm.bias"):
             converted[key] = torch.ones_like(value) if key.endswith("weight") else torch.zeros_like(value)
+    if bgr_input:
+        for key in ("backbone.embedder.embedder.convolution.weight", "backbone.embedder.embedder.0.convolution.weight",
+                    "backbone.model.embeddings.patch_embeddings.projection.weight"):  # fmt: skip
+            if key in converted:
+                converted[key] = converted[key].flip(1)
     load_state_dict_strict(model, converted)
     return model
+
+
+def _check_against_weights(config: MaskFormerConfig, detectron2_config: dict) -> None:
+    """Refuses a config.yaml that does not describe the checkpoint's architecture."""
+    model = detectron2_config.get("MODEL", {})
+    expected = {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": config.num_labels,
+        "MODEL.MASK_FORMER.HIDDEN_DIM": config.decoder_config.d_model,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": config.num_queries,
+        "MODEL.MASK_FORMER.DEC_LAYERS": config.decoder_config.decoder_layers,
+        "MODEL.MASK_FORMER.DIM_FEEDFORWARD": config.decoder_config.decoder_ffn_dim,
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM": config.fpn_feature_size,
+        "MODEL.SEM_SEG_HEAD.MASK_DIM": config.mask_feature_size,
+    }
+    if _get(model, "SEM_SEG_HEAD.PIXEL_DECODER_NAME") == "TransformerEncoderPixelDecoder":
+        expected["MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS"] = config.pixel_decoder_encoder_layers
+    mismatches = [
+        f"{key} {_get(detectron2_config, key)} vs {value} in the weights"
+        for key, value in expected.items()
+        if _get(detectron2_config, key) is not None and int(_get(detectron2_config, key)) != int(value)
+    ]
+    if mismatches:
+        raise ConversionError("The config does not match the checkpoint: " + "; ".join(mismatches))
 
 
 def convert_original_checkpoint(
     checkpoint: str | Path, config_path: str | Path | None = None, allow_unsafe_pickle: bool = False
 ) -> tuple[MaskFormerForUniversalSegmentation, MaskFormerImageProcessor]:
-    """Loads an original detectron2 checkpoint (and optional JSON overrides) into our model and image processor."""
-    overrides = None
+    """Loads an original detectron2 checkpoint into our model and image processor.
+
+    `config_path`: the release's detectron2 config (`config.yaml` as `cfg.dump()` writes it, or a released
+    `configs/**/*.yaml` with its `_BASE_` files beside it), from which everything the weights cannot tell is read:
+    `MASK_FORMER.SIZE_DIVISIBILITY` (recorded in the model config and as the processor's `size_divisor`), `NHEADS`,
+    `DROPOUT`, `ENFORCE_INPUT_PROJ`, the ResNet's `STRIDE_IN_1X1` and (DeepLab backbone) `RES5_MULTI_GRID`,
+    `PIXEL_MEAN` / `PIXEL_STD` / `INPUT.FORMAT`, the test resize, `PANOPTIC_ON` (post-processing order) and, for the
+    COCO / ADE20K panoptic datasets, the stuff classes (the processor's default `label_ids_to_fuse`). Or a JSON file
+    of `MaskFormerConfig` fields to override. Without a config, a known release (model_cards/zoo.json) gets its
+    release's settings (`RELEASE_SETTINGS`), anything else the defaults of the ADE20K semantic releases."""
+    overrides, processor_kwargs, bgr = None, {}, False
+    detectron2_config = None
     if config_path is not None:
         config_path = Path(config_path)
         if not config_path.is_file():
             raise ConversionError(f"Config file not found: {str(config_path)!r}.")
-        try:
-            overrides = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ConversionError(
-                f"--config for --source original must be a JSON file of MaskFormerConfig fields: {error}"
-            ) from error
+        if config_path.suffix.lower() in (".yaml", ".yml"):
+            detectron2_config = read_detectron2_config(config_path)
+            overrides, processor_kwargs, bgr = settings_from_detectron2_config(detectron2_config)
+        else:
+            try:
+                overrides = json.loads(config_path.read_text())
+            except json.JSONDecodeError as error:
+                raise ConversionError(
+                    "--config for --source original must be the release's detectron2 config.yaml or a JSON file of "
+                    f"MaskFormerConfig fields: {error}"
+                ) from error
+    else:
+        release = settings_of_release(checkpoint)
+        if release is not None:
+            overrides, processor_kwargs = release
     state_dict = load_original_checkpoint(checkpoint, allow_unsafe_pickle)
-    model = convert_original_state_dict(state_dict, overrides)
-    return model, MaskFormerImageProcessor()
+    model = convert_original_state_dict(state_dict, overrides, bgr_input=bgr)
+    if detectron2_config is not None:
+        _check_against_weights(model.config, detectron2_config)
+    processor_kwargs.setdefault("size_divisor", max(int(model.config.size_divisibility), 0))
+    return model, MaskFormerImageProcessor(**processor_kwargs)
 
 
 __all__ = [
+    "RELEASE_SETTINGS",
     "config_from_original",
     "config_from_transformers",
     "convert_original_checkpoint",
@@ -466,4 +761,7 @@ __all__ = [
     "convert_transformers_checkpoint",
     "load_original_checkpoint",
     "original_rules",
+    "read_detectron2_config",
+    "settings_from_detectron2_config",
+    "settings_of_release",
 ]

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageInput
+from transformers.processing_utils import Unpack
 
-from ..image_processing import SemanticSegmentationImageProcessor, resized_class_scores
-from .modeling_maskformer import semantic_scores
+from ..image_processing import SegmentationImageProcessorKwargs, SemanticSegmentationImageProcessor
 
 
 def convert_segmentation_map_to_binary_masks(
@@ -42,27 +42,43 @@ def _rle(mask: np.ndarray) -> list[int]:
     return runs.tolist()
 
 
-def _weighted_argmax_and_areas(
-    mask_probs: torch.Tensor, scores: torch.Tensor, target_size, mask_threshold: float, chunk_size: int = 8
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For N kept queries: mask_probs (N, h, w) in [0, 1], scores (N,) -> (winners, areas), where winners (H, W) is
-    the per-pixel argmax over queries of `score x mask probability` (resized bilinearly to `target_size` when given)
-    and areas (N,) counts each query's pixels with (weighted) probability >= `mask_threshold`, as transformers'
-    `compute_segments` does on the full (N, H, W) stack.
+def resize_mask_logits(
+    mask_logits: torch.Tensor, image_size=None, padded_size=None, target_size=None
+) -> torch.Tensor:
+    """Mask logits (N, h, w) at the original's output resolution, in the original's order
+    (`MaskFormer.forward` + detectron2's `sem_seg_postprocess`): upsampled bilinearly (`align_corners=False`) to the
+    padded input size, cropped to the image's own size, then resized bilinearly to `target_size` (when given and
+    different). Without recorded sizes (outputs of another model) the logits are resized straight to `target_size`."""
+    if padded_size is None or image_size is None:
+        if target_size is None:
+            return mask_logits
+        return F.interpolate(mask_logits[None], size=tuple(target_size), mode="bilinear", align_corners=False)[0]
+    image_size, padded_size = tuple(image_size), tuple(padded_size)
+    if tuple(mask_logits.shape[-2:]) != padded_size:
+        mask_logits = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+    mask_logits = mask_logits[:, : image_size[0], : image_size[1]]
+    if target_size is not None and tuple(target_size) != image_size:
+        mask_logits = F.interpolate(mask_logits[None], size=tuple(target_size), mode="bilinear", align_corners=False)[0]
+    return mask_logits
 
-    The stack is never materialised: queries are resized and reduced `chunk_size` at a time into a running maximum
-    (strictly greater values win, so ties go to the lower query index like `argmax`), which keeps the working set
-    near the cache and the peak memory at chunk_size (H, W) maps: ~2.5x faster than resize-then-argmax at 512x512."""
+
+def _weighted_argmax_and_areas(
+    mask_logits: torch.Tensor, scores: torch.Tensor, resize, chunk_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For N kept queries: mask_logits (N, h, w), scores (N,), `resize` mapping (n, h, w) logits to the output size
+    -> (winners, areas), where winners (H, W) is the per-pixel argmax over queries of `score x sigmoid(resized logit)`
+    and areas (N,) counts each query's pixels with `sigmoid >= 0.5` (the original's `panoptic_inference`).
+
+    The (N, H, W) stack is never materialised: queries are resized and reduced `chunk_size` at a time into a running
+    maximum (strictly greater values win, so ties go to the lower query index like `argmax`), which keeps the
+    working set near the cache and the peak memory at chunk_size (H, W) maps."""
     best = winners = None
     areas = []
-    for start in range(0, mask_probs.shape[0], chunk_size):
-        chunk = mask_probs[start : start + chunk_size]
-        if target_size is not None:
-            chunk = F.interpolate(chunk[None], size=target_size, mode="bilinear", align_corners=False)[0]
-        else:
-            chunk = chunk.clone()
+    for start in range(0, mask_logits.shape[0], chunk_size):
+        chunk = resize(mask_logits[start : start + chunk_size])
+        chunk = chunk.sigmoid()
+        areas.append(torch.count_nonzero(chunk.flatten(1) >= 0.5, dim=1))
         chunk.mul_(scores[start : start + chunk_size].view(-1, 1, 1))
-        areas.append(torch.count_nonzero(chunk.flatten(1) >= mask_threshold, dim=1))
         values, indices = chunk.max(0)
         if best is None:
             best, winners = values, indices
@@ -73,29 +89,73 @@ def _weighted_argmax_and_areas(
     return winners, torch.cat(areas)
 
 
-class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
-    r"""Image processor of MaskFormer (PIL backend, no torchvision).
+def _as_sizes(sizes, batch: int) -> list:
+    if sizes is None:
+        return [None] * batch
+    if isinstance(sizes, torch.Tensor):
+        sizes = sizes.tolist()
+    return [tuple(int(v) for v in size) for size in sizes]
 
-    Preprocessing follows the original (detectron2) test protocol of the ADE20K semantic models: the shorter side
-    resized to 512 with the longer side at most 2048 (`ResizeShortestEdge`; COCO panoptic models use 800 / 1333),
-    pixels rescaled to [0, 1] and normalised with the ImageNet mean / std (detectron2's PIXEL_MEAN / PIXEL_STD / 255).
-    No padding is applied here: the model accepts any size and `full_resolution_logits` pads to a multiple of 32 as
-    the original does.
 
-    Annotations: semantic maps come back as `labels` (B, H, W) (the model turns them into one mask per class);
-    instance / panoptic maps of segment ids, passed with `instance_id_to_semantic_id` (one dict for all images or
-    one per image), come back as `mask_labels` (list of (N_i, H, W) float masks) and `class_labels` (list of (N_i,)
-    int64). `do_reduce_labels` turns 0 into 255 (ignored) and shifts other ids down by one first; for instance maps
-    the classes are then looked up with the original ids (`instance_id_to_semantic_id[id + 1] - 1`).
-
-    Post-processing (`post_process_semantic_segmentation`, `post_process_instance_segmentation`,
-    `post_process_panoptic_segmentation`) returns what transformers' `MaskFormerImageProcessor` returns, computed
-    with tensor operations over all queries at once.
+class MaskFormerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=False):
+    r"""
+    size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
+        Pad the batch to its largest height and width rounded up to a multiple of this (0 or 1: no rounding).
+    do_pad (`bool`, *optional*, defaults to `self.do_pad`):
+        Pad the images of a batch to one size (and return `pixel_mask`).
+    sem_seg_postprocessing_before_inference (`bool`, *optional*):
+        Semantic post-processing resizes the mask logits to the output size before combining them (the original's
+        order with `PANOPTIC_ON`), instead of combining at the input size and resizing the class scores.
+    label_ids_to_fuse (`list[int]`, *optional*):
+        Default `label_ids_to_fuse` of `post_process_panoptic_segmentation`: the stuff classes of a panoptic model.
     """
 
+    size_divisor: int
+    do_pad: bool
+    sem_seg_postprocessing_before_inference: bool
+    label_ids_to_fuse: list[int] | None
+
+
+class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
+    r"""Image processor of MaskFormer (PIL backend, no torchvision), following the original (facebookresearch/
+    MaskFormer on detectron2) end to end.
+
+    Preprocessing: the shorter side resized to 512 with the longer side at most 2048 (`ResizeShortestEdge` of the
+    ADE20K semantic releases; converted checkpoints carry their release's test size, e.g. 800 / 1333 for COCO
+    panoptic), pixels rescaled to [0, 1] and normalised with the ImageNet mean / std (detectron2's PIXEL_MEAN /
+    PIXEL_STD / 255), then zero-padded (after normalisation, at the bottom and right) to the batch's largest size
+    rounded up to a multiple of `size_divisor`, as the original's `ImageList.from_tensors(images,
+    MASK_FORMER.SIZE_DIVISIBILITY)` does (32 for the semantic releases, 0 = no rounding for the panoptic ones;
+    converted checkpoints record theirs; transformers' processor instead rounds the resized size to `size_divisor`
+    and pads only to the batch's largest size). `pixel_mask` (B, H, W) marks the image pixels (1) and the padding (0). The
+    original has no padding mask, so the network runs on the padded batch as it is; the model reads `pixel_mask`
+    only to record each image's size for the post-processing, which crops the padding off.
+
+    Annotations: semantic maps come back as `labels` (B, H, W) (padded with 255, the model turns them into one mask
+    per class); instance / panoptic maps of segment ids, passed with `instance_id_to_semantic_id` (one dict for all
+    images or one per image), come back as `mask_labels` (list of (N_i, H, W) float masks, padded with 0) and
+    `class_labels` (list of (N_i,) int64). `do_reduce_labels` turns 0 into 255 (ignored) and shifts other ids down
+    by one first; for instance maps the classes are then looked up with the original ids
+    (`instance_id_to_semantic_id[id + 1] - 1`).
+
+    Post-processing (`post_process_semantic_segmentation`, `post_process_instance_segmentation`,
+    `post_process_panoptic_segmentation`) returns what transformers' `MaskFormerImageProcessor` returns, but computed
+    as the original computes it (see each method; where the two differ, the original is followed), vectorised over
+    the queries.
+    """
+
+    valid_kwargs = MaskFormerImageProcessorKwargs
+    model_input_names = ["pixel_values", "pixel_mask"]
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
     size = {"shortest_edge": 512, "longest_edge": 2048}
+    size_divisor = 32
+    do_pad = True
+    sem_seg_postprocessing_before_inference = False
+    label_ids_to_fuse = None
+
+    def __init__(self, **kwargs: Unpack[MaskFormerImageProcessorKwargs]):
+        super().__init__(**kwargs)
 
     def preprocess(
         self,
@@ -104,49 +164,91 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         instance_id_to_semantic_id: list[dict[int, int]] | dict[int, int] | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """Returns `pixel_values` and, for segmentation maps, `labels` (semantic maps) or `mask_labels` +
-        `class_labels` (instance / panoptic maps with `instance_id_to_semantic_id`)."""
+        """Returns `pixel_values`, `pixel_mask` (when padding) and, for segmentation maps, `labels` (semantic maps)
+        or `mask_labels` + `class_labels` (instance / panoptic maps with `instance_id_to_semantic_id`)."""
         if instance_id_to_semantic_id is not None and segmentation_maps is None:
             raise ValueError("`instance_id_to_semantic_id` was given without `segmentation_maps`.")
         image_like_kwargs = {"instance_id_to_semantic_id": instance_id_to_semantic_id}
         return super().preprocess(images, segmentation_maps, image_like_kwargs=image_like_kwargs, **kwargs)
 
+    @staticmethod
+    def padded_size(sizes: list[tuple[int, int]], size_divisor: int) -> tuple[int, int]:
+        """The batch's largest (height, width), rounded up to a multiple of `size_divisor` when it is > 1
+        (detectron2's `ImageList.from_tensors`)."""
+        height, width = max(size[0] for size in sizes), max(size[1] for size in sizes)
+        if size_divisor and size_divisor > 1:
+            height, width = -(-height // size_divisor) * size_divisor, -(-width // size_divisor) * size_divisor
+        return height, width
+
     def _preprocess_image_like_inputs(
         self, images, segmentation_maps, do_convert_rgb, input_data_format, return_tensors,
         instance_id_to_semantic_id=None, **kwargs,
     ) -> BatchFeature:
-        if instance_id_to_semantic_id is None:
-            return super()._preprocess_image_like_inputs(
-                images, segmentation_maps, do_convert_rgb, input_data_format, return_tensors, **kwargs
-            )
+        size_divisor = kwargs.pop("size_divisor", None)
+        size_divisor = self.size_divisor if size_divisor is None else size_divisor
+        do_pad = kwargs.pop("do_pad", None)
+        do_pad = self.do_pad if do_pad is None else do_pad
+        for name in ("sem_seg_postprocessing_before_inference", "label_ids_to_fuse"):
+            kwargs.pop(name, None)
         processed = super()._preprocess_image_like_inputs(
             images, segmentation_maps, do_convert_rgb, input_data_format, None, **kwargs
         )
-        label_maps = processed.pop("labels")
-        mappings = instance_id_to_semantic_id
-        if isinstance(mappings, dict):
-            mappings = [mappings] * len(label_maps)
-        if len(mappings) != len(label_maps):
-            raise ValueError(
-                f"Got {len(mappings)} `instance_id_to_semantic_id` mappings for {len(label_maps)} segmentation maps."
-            )
-        reduce = kwargs.get("do_reduce_labels", self.do_reduce_labels)
-        mask_labels, class_labels = [], []
-        for label_map, mapping in zip(label_maps, mappings):
-            mapping = {int(k): int(v) for k, v in mapping.items()}
-            if reduce:
-                # ids were shifted down by one: look classes up with the original ids, then shift them too
-                mapping = {k - 1: v - 1 for k, v in mapping.items()}
-            masks, classes = convert_segmentation_map_to_binary_masks(label_map, mapping)
-            mask_labels.append(masks)
-            class_labels.append(classes)
-        if return_tensors is not None:
-            self._check_same_sizes(processed["pixel_values"])
-        encoded = BatchFeature(data=dict(processed), tensor_type=return_tensors)
+        data = dict(processed)
+        if instance_id_to_semantic_id is not None:
+            label_maps = data.pop("labels")
+            mappings = instance_id_to_semantic_id
+            if isinstance(mappings, dict):
+                mappings = [mappings] * len(label_maps)
+            if len(mappings) != len(label_maps):
+                raise ValueError(
+                    f"Got {len(mappings)} `instance_id_to_semantic_id` mappings for {len(label_maps)} segmentation "
+                    "maps."
+                )
+            reduce = kwargs.get("do_reduce_labels", self.do_reduce_labels)
+            mask_labels, class_labels = [], []
+            for label_map, mapping in zip(label_maps, mappings):
+                mapping = {int(k): int(v) for k, v in mapping.items()}
+                if reduce:
+                    # ids were shifted down by one: look classes up with the original ids, then shift them too
+                    mapping = {k - 1: v - 1 for k, v in mapping.items()}
+                masks, classes = convert_segmentation_map_to_binary_masks(label_map, mapping)
+                mask_labels.append(masks)
+                class_labels.append(classes)
+            data["mask_labels"], data["class_labels"] = mask_labels, class_labels
+        if do_pad:
+            self._pad_batch(data, size_divisor)
+        elif return_tensors is not None:
+            self._check_same_sizes(data["pixel_values"])
+        list_keys = {"mask_labels", "class_labels"}
+        encoded = BatchFeature(data={k: v for k, v in data.items() if k not in list_keys}, tensor_type=return_tensors)
         as_tensor = (lambda x: torch.from_numpy(x)) if return_tensors == "pt" else (lambda x: x)
-        encoded["mask_labels"] = [as_tensor(m) for m in mask_labels]
-        encoded["class_labels"] = [as_tensor(c) for c in class_labels]
+        for key in list_keys & set(data):
+            encoded[key] = [as_tensor(item) for item in data[key]]
         return encoded
+
+    def _pad_batch(self, data: dict, size_divisor: int) -> None:
+        """Pads `pixel_values` (zeros), `labels` (255) and `mask_labels` (zeros) in place at the bottom / right to
+        the common size and adds `pixel_mask` (1 = image, 0 = padding)."""
+        images = data["pixel_values"]
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        height, width = self.padded_size(sizes, size_divisor)
+
+        def pad(array: np.ndarray, value) -> np.ndarray:
+            if tuple(array.shape[-2:]) == (height, width):
+                return array
+            padded = np.full((*array.shape[:-2], height, width), value, dtype=array.dtype)
+            padded[..., : array.shape[-2], : array.shape[-1]] = array
+            return padded
+
+        data["pixel_values"] = [pad(image, 0) for image in images]
+        masks = np.zeros((len(images), height, width), dtype=np.int64)
+        for index, (image_height, image_width) in enumerate(sizes):
+            masks[index, :image_height, :image_width] = 1
+        data["pixel_mask"] = list(masks)
+        if "labels" in data:
+            data["labels"] = [pad(label, 255) for label in data["labels"]]
+        if "mask_labels" in data:
+            data["mask_labels"] = [pad(masks_, 0) for masks_ in data["mask_labels"]]
 
     # ------------------------------------------------------------------------------------------------------------
     # Post-processing
@@ -164,16 +266,53 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
             )
         return [tuple(int(v) for v in size) for size in target_sizes]
 
-    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
-        """Semantic maps: a list of B (H, W) int64 class maps, the argmax of the semantic scores (sum over queries of
-        class probability x mask probability) resized bilinearly to `target_sizes` when given.
+    @staticmethod
+    def _recorded_sizes(outputs, batch: int) -> tuple[list, list]:
+        """Per image (height, width) before padding and the padded input size, as the model recorded them (None for
+        outputs that do not carry them, e.g. transformers' MaskFormer)."""
+        image_sizes = getattr(outputs, "image_sizes", None)
+        padded_sizes = getattr(outputs, "padded_sizes", None)
+        if image_sizes is None or padded_sizes is None:
+            return [None] * batch, [None] * batch
+        return _as_sizes(image_sizes, batch), _as_sizes(padded_sizes, batch)
+
+    def post_process_semantic_segmentation(
+        self, outputs, target_sizes=None, sem_seg_postprocessing_before_inference: bool | None = None
+    ) -> list[torch.Tensor]:
+        """Semantic maps: a list of B (H, W) int64 class maps, the argmax of the original's semantic scores
+        `sum_q softmax(class_logits_q)[:K] * sigmoid(mask_logits_q)`.
+
+        The original's order is followed (transformers instead combines at the mask resolution, 1/4 of the input,
+        and resizes the scores, which moves the argmax on many boundary pixels): the mask logits are upsampled
+        bilinearly to the padded input size and cropped to the image's own size (`image_sizes` / `padded_sizes`
+        recorded by the model from `pixel_mask`); then either the scores are combined there and resized to the
+        target size (the semantic releases), or, with `sem_seg_postprocessing_before_inference` (the processor's
+        setting by default; set for panoptic models, as the original's `PANOPTIC_ON` forces it), the logits are
+        resized to the target size first and combined there.
 
         Args:
-            outputs: model outputs with `class_queries_logits` (B, Q, K + 1) and `masks_queries_logits` (B, Q, h, w).
-            target_sizes: optional list of B (height, width).
+            outputs: model outputs with `class_queries_logits` (B, Q, K + 1) and `masks_queries_logits` (B, Q, h, w)
+                (and `image_sizes` / `padded_sizes`; without them the masks are taken to cover the whole image).
+            target_sizes: optional list of B (height, width); default: each image's own (unpadded) size.
         """
-        scores = semantic_scores(outputs.class_queries_logits, outputs.masks_queries_logits)
-        return [item.argmax(dim=0) for item in resized_class_scores(scores, target_sizes)]
+        if sem_seg_postprocessing_before_inference is None:
+            sem_seg_postprocessing_before_inference = self.sem_seg_postprocessing_before_inference
+        class_logits, mask_logits = outputs.class_queries_logits, outputs.masks_queries_logits
+        batch = class_logits.shape[0]
+        image_sizes, padded_sizes = self._recorded_sizes(outputs, batch)
+        results = []
+        for index, target_size in enumerate(self._target_sizes(target_sizes, batch)):
+            classes = class_logits[index].softmax(-1)[:, :-1]
+            if sem_seg_postprocessing_before_inference:
+                masks = resize_mask_logits(mask_logits[index], image_sizes[index], padded_sizes[index], target_size)
+                scores = torch.einsum("qc,qhw->chw", classes, masks.sigmoid())
+            else:
+                masks = resize_mask_logits(mask_logits[index], image_sizes[index], padded_sizes[index])
+                scores = torch.einsum("qc,qhw->chw", classes, masks.sigmoid())
+                if target_size is not None and tuple(scores.shape[-2:]) != target_size:
+                    scores = F.interpolate(scores[None], size=target_size, mode="bilinear", align_corners=False)[0]
+            results.append(scores.argmax(dim=0))
+        return results
 
     def post_process_instance_segmentation(
         self,
@@ -187,9 +326,13 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     ) -> list[dict]:
         """Instance segmentation: the Q best (query, class) pairs by class probability; each keeps its query's mask
         (probability > `mask_threshold`), scored by class probability x mean mask probability inside the mask, and
-        is kept when its mask is not empty (after nearest resizing to the target size) and its score reaches
-        `threshold`. Later segments overwrite earlier ones where they overlap. `overlap_mask_area_threshold` is
-        accepted for API compatibility and unused (as in transformers).
+        is kept when its mask is not empty and its score reaches `threshold`. Later segments overwrite earlier ones
+        where they overlap. `overlap_mask_area_threshold` is accepted for API compatibility and unused (as in
+        transformers).
+
+        The masks are evaluated at the output size, after the original's resizing of the mask logits (upsampled to
+        the padded input, cropped to the image, resized to the target size); transformers thresholds them at 1/4
+        resolution and resizes the binary masks (nearest).
 
         Returns per image `{"segmentation": (H, W) int32 segment ids (-1 = none) | RLE list |
         (N, H, W) binary maps, "segments_info": [{"id", "label_id", "was_fused", "score"}]}`.
@@ -199,30 +342,30 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         class_logits, mask_logits = outputs.class_queries_logits, outputs.masks_queries_logits
         batch, num_queries = class_logits.shape[:2]
         num_classes = class_logits.shape[-1] - 1
-        mask_logit_threshold = float(np.log(mask_threshold / (1 - mask_threshold))) if 0 < mask_threshold < 1 else None
+        image_sizes, padded_sizes = self._recorded_sizes(outputs, batch)
         results = []
         for index, target_size in enumerate(self._target_sizes(target_sizes, batch)):
             scores = class_logits[index].softmax(-1)[:, :-1]
             top_scores, top_indices = scores.flatten().topk(num_queries, sorted=False)
             labels = top_indices % num_classes
             queries = torch.div(top_indices, num_classes, rounding_mode="floor")
-            query_masks = mask_logits[index][queries]
-            if mask_logit_threshold is not None:
-                binary = query_masks > mask_logit_threshold
-            else:
-                binary = query_masks.sigmoid() > mask_threshold
-            binary_float = binary.to(query_masks.dtype).flatten(1)
-            mask_scores = (query_masks.sigmoid().flatten(1) * binary_float).sum(1) / (binary_float.sum(1) + 1e-6)
-            pred_scores = top_scores * mask_scores
-            if target_size is not None:
-                binary = F.interpolate(binary[None].to(query_masks.dtype), size=target_size, mode="nearest")[0] > 0
-            keep = binary.flatten(1).any(1) & (pred_scores >= threshold)
-            kept_masks = binary[keep]
-            order = torch.arange(1, kept_masks.shape[0] + 1, dtype=torch.int32, device=binary.device)
+            unique_queries, inverse = torch.unique(queries, return_inverse=True)
+            resized = resize_mask_logits(
+                mask_logits[index][unique_queries], image_sizes[index], padded_sizes[index], target_size
+            )
+            probabilities = resized.sigmoid()
+            binary_unique = probabilities > mask_threshold
+            binary_float = binary_unique.to(probabilities.dtype).flatten(1)
+            mask_scores = (probabilities.flatten(1) * binary_float).sum(1) / (binary_float.sum(1) + 1e-6)
+            pred_scores = top_scores * mask_scores[inverse]
+            nonempty = binary_unique.flatten(1).any(1)[inverse]
+            keep = nonempty & (pred_scores >= threshold)
+            kept_masks = binary_unique[inverse[keep]]
+            order = torch.arange(1, kept_masks.shape[0] + 1, dtype=torch.int32, device=kept_masks.device)
             if kept_masks.shape[0]:
                 segmentation = torch.where(kept_masks, order[:, None, None], 0).amax(0) - 1
             else:
-                segmentation = torch.full(binary.shape[-2:], -1, dtype=torch.int32, device=binary.device)
+                segmentation = torch.full(binary_unique.shape[-2:], -1, dtype=torch.int32, device=binary_unique.device)
             segments = [
                 {"id": segment_id, "label_id": label, "was_fused": False, "score": round(score, 6)}
                 for segment_id, (label, score) in enumerate(zip(labels[keep].tolist(), pred_scores[keep].tolist()))
@@ -230,7 +373,7 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
             if return_coco_annotation:
                 segmentation = [_rle((segmentation == value).cpu().numpy()) for value in torch.unique(segmentation)]
             elif return_binary_maps and kept_masks.shape[0]:
-                segmentation = kept_masks.to(query_masks.dtype)
+                segmentation = kept_masks.to(probabilities.dtype)
             results.append({"segmentation": segmentation, "segments_info": segments})
         return results
 
@@ -243,39 +386,57 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         label_ids_to_fuse: set[int] | None = None,
         target_sizes=None,
     ) -> list[dict]:
-        """Panoptic segmentation (the original's `panoptic_inference`, with transformers' conventions): queries
-        whose best class is a real class with probability > `threshold` are kept; their mask probabilities (resized
-        bilinearly to the target size) weighted by the class probability are arg-maxed per pixel. A query becomes a
-        segment when the pixels it wins cover more than `overlap_mask_area_threshold` of its own (weighted)
-        probability >= `mask_threshold` area. Segments of a class in `label_ids_to_fuse` share one id and one
-        `segments_info` entry (scored by the first such query).
+        """Panoptic segmentation, the original's `panoptic_inference` (`threshold` = its OBJECT_MASK_THRESHOLD,
+        `overlap_mask_area_threshold` = its OVERLAP_THRESHOLD, `label_ids_to_fuse` = the stuff classes).
 
-        Unlike transformers, ids are never reused after a fused segment (transformers can give a later segment the
-        id of an earlier one and lists fused segments once per query).
+        The mask logits are first brought to the output size in the original's order (upsampled bilinearly to the
+        padded input, cropped to the image's own size, resized to the target size). Then: score and label of a
+        query = max / argmax of its softmax over the K + 1 classes INCLUDING no-object (a query whose best entry is
+        no-object is dropped), kept when score > `threshold` (strict); every pixel goes to the kept query with the
+        largest score x sigmoid(mask) (lowest index on ties); a kept query becomes a segment when the pixels it wins
+        cover at least `overlap_mask_area_threshold` of its area with sigmoid >= 0.5 (both areas non-zero); later
+        queries of a class in `label_ids_to_fuse` (stuff) are painted with that class's first segment id and add no
+        entry, other classes (things) are never merged. Ids start at 1; 0 = no segment.
 
-        Returns per image `{"segmentation": (H, W) int32 (0 = no segment, -1 everywhere when no query is kept),
-        "segments_info": [{"id", "label_id", "was_fused", "score"}]}`.
+        Where transformers differs, the original is followed: transformers resizes the sigmoid probabilities (not the
+        logits) straight to the target size without cropping the padding, measures the overlap against the
+        score-weighted probabilities >= `mask_threshold` with a strict `>`, fills the map with -1 when no query is
+        kept (here: 0), and can reuse ids after a fused segment. `mask_threshold` is accepted for API compatibility;
+        the original's 0.5 is used.
+
+        `label_ids_to_fuse` defaults to the processor's `label_ids_to_fuse` (converted panoptic checkpoints record
+        their dataset's stuff classes there), because `pipeline()` passes none.
+
+        Returns per image `{"segmentation": (H, W) int32 (0 = no segment), "segments_info": [{"id", "label_id",
+        "was_fused", "score"}]}`.
         """
+        if label_ids_to_fuse is None:
+            label_ids_to_fuse = self.label_ids_to_fuse
         fuse = set(int(label) for label in (label_ids_to_fuse or ()))
         class_logits, mask_logits = outputs.class_queries_logits, outputs.masks_queries_logits
         batch = class_logits.shape[0]
         num_labels = class_logits.shape[-1] - 1
+        image_sizes, padded_sizes = self._recorded_sizes(outputs, batch)
         pred_scores, pred_labels = class_logits.softmax(-1).max(-1)
-        mask_probs = mask_logits.sigmoid()
         results = []
         for index, target_size in enumerate(self._target_sizes(target_sizes, batch)):
             keep = pred_labels[index].ne(num_labels) & (pred_scores[index] > threshold)
-            probs, scores, labels = mask_probs[index][keep], pred_scores[index][keep], pred_labels[index][keep]
-            size = target_size if target_size is not None else tuple(probs.shape[-2:])
-            if probs.shape[0] == 0:
-                segmentation = torch.full(size, -1, dtype=torch.int32, device=mask_logits.device)
+            logits, scores, labels = mask_logits[index][keep], pred_scores[index][keep], pred_labels[index][keep]
+
+            def resize(chunk, index=index, target_size=target_size):
+                return resize_mask_logits(chunk, image_sizes[index], padded_sizes[index], target_size)
+
+            num_kept = logits.shape[0]
+            if num_kept == 0:
+                size = tuple(resize(mask_logits[index][:1]).shape[-2:])
+                segmentation = torch.zeros(size, dtype=torch.int32, device=mask_logits.device)
                 results.append({"segmentation": segmentation, "segments_info": []})
                 continue
-            winners, original_area = _weighted_argmax_and_areas(probs, scores, target_size, mask_threshold)
-            num_kept = probs.shape[0]
+            winners, original_area = _weighted_argmax_and_areas(logits, scores, resize)
             area = torch.bincount(winners.flatten(), minlength=num_kept)
             exists = (area > 0) & (original_area > 0)
-            exists &= area / original_area.clamp(min=1) > overlap_mask_area_threshold
+            # the original compares Python floats: mask_area / original_area < overlap_threshold -> dropped
+            exists &= area.double() / original_area.clamp(min=1).double() >= overlap_mask_area_threshold
 
             # segment ids: a new id per existing query, except later queries of a fused class reuse the first's
             label_list, exists_list = labels.tolist(), exists.tolist()
@@ -302,4 +463,4 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         return results
 
 
-__all__ = ["MaskFormerImageProcessor", "convert_segmentation_map_to_binary_masks"]
+__all__ = ["MaskFormerImageProcessor", "convert_segmentation_map_to_binary_masks", "resize_mask_logits"]

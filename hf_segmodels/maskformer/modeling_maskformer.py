@@ -51,6 +51,11 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
         decoder layer, when `output_hidden_states=True`; `hidden_states` is their concatenation.
     attentions, cross_attentions (*optional*): the decoder's self-attention (B, heads, Q, Q) and cross-attention
         (B, heads, Q, h/32 * w/32) probabilities of every layer, when `output_attentions=True`.
+    image_sizes (`torch.LongTensor` of shape `(B, 2)`): the (height, width) of every image before padding, read from
+        `pixel_mask` (the whole input when no mask is given). The post-processing of [`MaskFormerImageProcessor`]
+        crops the upsampled masks to it, as the original's `sem_seg_postprocess` does.
+    padded_sizes (`torch.LongTensor` of shape `(B, 2)`): the (height, width) of the padded input (`pixel_values`),
+        the size the original upsamples the mask logits to before cropping (the same for every row).
     """
 
     loss: torch.FloatTensor | None = None
@@ -67,6 +72,8 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_sizes: torch.LongTensor | None = None
+    padded_sizes: torch.LongTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -517,7 +524,10 @@ class MaskFormerTransformerDecoder(nn.Module):
         super().__init__()
         decoder_config = config.decoder_config
         width = decoder_config.d_model
-        self.input_projection = nn.Conv2d(in_channels, width, kernel_size=1) if in_channels != width else None
+        # the original's `TransformerPredictor`: a 1x1 projection when the widths differ or ENFORCE_INPUT_PROJ is set
+        # (the released Swin panoptic models), else none (`nn.Sequential()`)
+        project = in_channels != width or config.enforce_input_projection
+        self.input_projection = nn.Conv2d(in_channels, width, kernel_size=1) if project else None
         self.query_position_embeddings = nn.Embedding(config.num_queries, width)
         self.layers = nn.ModuleList(MaskFormerDecoderLayer(config) for _ in range(decoder_config.decoder_layers))
         self.layernorm = nn.LayerNorm(width)
@@ -759,6 +769,28 @@ def semantic_labels_to_masks(labels: torch.Tensor, ignore_index: int = 255):
     return mask_labels, class_labels
 
 
+def image_sizes_from_pixel_mask(
+    pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """(B, 2) (height, width) of every image before its bottom / right padding (the extent of the ones of
+    `pixel_mask`; the whole input without a mask) and (B, 2) the padded input size."""
+    batch, _, height, width = pixel_values.shape
+    padded = torch.tensor([[height, width]], dtype=torch.long, device=pixel_values.device).expand(batch, 2)
+    if pixel_mask is None:
+        return padded.clone(), padded.clone()
+    if pixel_mask.dim() != 3 or tuple(pixel_mask.shape) != (batch, height, width):
+        raise ValueError(
+            f"`pixel_mask` must have shape (B, H, W) = {(batch, height, width)} like `pixel_values`, got "
+            f"{tuple(pixel_mask.shape)}."
+        )
+    valid = pixel_mask.to(pixel_values.device) != 0
+    rows = torch.arange(1, height + 1, device=valid.device)
+    cols = torch.arange(1, width + 1, device=valid.device)
+    heights = (valid.any(2) * rows).amax(1)
+    widths = (valid.any(1) * cols).amax(1)
+    return torch.stack((heights, widths), 1).long(), padded.clone()
+
+
 def semantic_scores(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor) -> torch.Tensor:
     """Semantic per-pixel scores (B, K, h, w): sum over queries of softmax class probability (K real classes,
     without "no object") times sigmoid mask probability (the original's `semantic_probabilistic_inference`)."""
@@ -903,6 +935,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        pixel_mask: torch.LongTensor | None = None,
         **kwargs,
     ) -> MaskFormerForUniversalSegmentationOutput | tuple:
         r"""
@@ -912,11 +945,13 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         mask_labels (`list[torch.Tensor]`, *optional*): per image, (N_i, H, W) binary masks of the ground-truth
             segments (instances or stuff regions). With `class_labels`: per image (N_i,) class ids.
         output_auxiliary_logits (`bool`, *optional*): also return the predictions of the intermediate layers.
-        `pixel_mask` (from transformers' MaskFormer processor) is accepted and ignored: the original runs on the
-        zero-padded batch without a mask.
+        pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*): 1 on the image, 0 on the padding (bottom /
+            right), as [`MaskFormerImageProcessor`] returns it. Like the original (which has no padding mask
+            anywhere), the network itself runs on the zero-padded batch unmasked; the mask only tells the
+            post-processing each image's own size (`image_sizes` of the output), so that it crops the padding off.
         """
         pixel_values = check_pixel_values(pixel_values, self.config.backbone_config.num_channels, self.dtype)
-        unexpected = set(kwargs) - {"pixel_mask"}
+        unexpected = set(kwargs)
         if unexpected:
             raise TypeError(f"MaskFormerForUniversalSegmentation.forward() got unexpected arguments {sorted(unexpected)}.")
         output_hidden_states, output_attentions, return_dict = self._output_flags(
@@ -924,6 +959,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         )
         if output_auxiliary_logits is None:
             output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
+        image_sizes, padded_sizes = image_sizes_from_pixel_mask(pixel_values, pixel_mask)
         mask_labels, class_labels = self._check_targets(pixel_values, labels, mask_labels, class_labels)
         compute_loss = mask_labels is not None
         auxiliary = output_auxiliary_logits or (compute_loss and self.config.use_auxiliary_loss)
@@ -985,6 +1021,8 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             hidden_states=hidden_states,
             attentions=self_attentions,
             cross_attentions=cross_attentions,
+            image_sizes=image_sizes,
+            padded_sizes=padded_sizes,
         )
         return output if return_dict else output.to_tuple()
 

@@ -306,7 +306,11 @@ class EvalSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, label = self.samples.sample(index)
-        pixel_values = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        encoded = self.image_processor(image, return_tensors="pt")
+        pixel_values = encoded["pixel_values"][0]
+        if "pixel_mask" in encoded:  # a padding processor (MaskFormer): the inference path pads the image itself
+            rows, cols = encoded["pixel_mask"][0].any(1), encoded["pixel_mask"][0].any(0)
+            pixel_values = pixel_values[:, : int(rows.sum()), : int(cols.sum())]
         return {"pixel_values": pixel_values, "labels": torch.from_numpy(label)}
 
 
