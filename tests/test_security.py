@@ -462,3 +462,37 @@ def test_metrics_without_valid_pixels_warn_and_write_null_with_the_reason():
     panoptic = PanopticQualityMetric(num_labels=3)
     with pytest.warns(RuntimeWarning, match="no segment"):
         assert np.isnan(panoptic.compute()["pq"])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# MaskFormer
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_maskformer_input_too_small_for_its_group_norms_is_a_clear_error():
+    model = tiny_model("maskformer")
+    with torch.no_grad():
+        model(pixel_values=torch.randn(1, 3, 33, 64))  # a 2 x 2 coarsest map is enough
+        with pytest.raises(ValueError, match=r"input of size \(32, 32\) is too small .* coarsest feature map is 1x1"):
+            model(pixel_values=torch.randn(1, 3, 32, 32))
+
+
+def test_maskformer_post_processing_rejects_zero_target_sizes():
+    from hf_segmodels import MaskFormerImageProcessor
+
+    model, processor = tiny_model("maskformer"), MaskFormerImageProcessor()
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.randn(1, 3, 64, 64))
+    for method in ("semantic", "panoptic", "instance"):
+        with pytest.raises(ValueError, match=r"target_sizes\[0\] = \(0, 0\)"):
+            getattr(processor, f"post_process_{method}_segmentation")(outputs, target_sizes=[(0, 0)])
+
+
+@pytest.mark.parametrize("content", ["list", "tensor"])
+def test_maskformer_checkpoint_that_is_not_a_dict_is_a_clear_error(content, tmp_path):
+    from hf_segmodels.maskformer.convert_maskformer import convert_original_checkpoint
+
+    path = tmp_path / "bad.pth"
+    torch.save([torch.zeros(2)] if content == "list" else torch.zeros(2), path)
+    with pytest.raises(ConversionError, match=r"bad\.pth.* not a checkpoint"):
+        convert_original_checkpoint(path, GOLDEN / "maskformer" / "r50_base" / "config.yaml")

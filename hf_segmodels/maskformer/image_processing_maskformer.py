@@ -8,7 +8,11 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageInput
 from transformers.processing_utils import Unpack
 
-from ..image_processing import SegmentationImageProcessorKwargs, SemanticSegmentationImageProcessor
+from ..image_processing import (
+    SegmentationImageProcessorKwargs,
+    SemanticSegmentationImageProcessor,
+    check_target_sizes,
+)
 
 
 def convert_segmentation_map_to_binary_masks(
@@ -264,7 +268,9 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
             raise ValueError(
                 f"Got {len(target_sizes)} target sizes for a batch of {batch_size}; pass one (height, width) per image."
             )
-        return [tuple(int(v) for v in size) for size in target_sizes]
+        sizes = [tuple(int(v) for v in size) for size in target_sizes]
+        check_target_sizes(sizes)
+        return sizes
 
     @staticmethod
     def _recorded_sizes(outputs, batch: int) -> tuple[list, list]:

@@ -925,6 +925,18 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         masks = torch.matmul(mask_embeddings, pixel_embeddings.reshape(batch, channels, -1))
         return class_logits, masks.unflatten(-1, pixel_embeddings.shape[-2:])
 
+    def _check_feature_size(self, pixel_values: torch.Tensor, coarsest: torch.Tensor) -> None:
+        """The pixel decoder's GroupNorm(32) needs more than one value per group on the coarsest backbone map."""
+        if torch.compiler.is_compiling():
+            return
+        height, width = coarsest.shape[-2:]
+        if (self.config.fpn_feature_size // 32) * height * width <= 1:
+            raise ValueError(
+                f"The input of size {tuple(pixel_values.shape[-2:])} is too small for this MaskFormer: its coarsest "
+                f"feature map is {height}x{width}, which leaves one value per group in the pixel decoder's "
+                f"GroupNorm(32) with {self.config.fpn_feature_size} channels. Use larger images (or pad them)."
+            )
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -965,6 +977,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         auxiliary = output_auxiliary_logits or (compute_loss and self.config.use_auxiliary_loss)
 
         features = backbone_feature_maps(self.backbone, pixel_values)
+        self._check_feature_size(pixel_values, features[-1])
         fpn_outputs, memory = self.pixel_decoder.fpn(features)
         queries, intermediate, self_attentions, cross_attentions = self.transformer_decoder(
             memory, output_intermediate=auxiliary or output_hidden_states, output_attentions=output_attentions
