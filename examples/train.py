@@ -44,12 +44,17 @@ from hf_segmodels.training.data import (
     EpochSampler,
     EvalSamples,
     SegmentationSamples,
+    StreamingEvalSamples,
+    StreamingSamples,
+    StreamingTrainSamples,
     TrainSamples,
     collate_eval,
     collate_train,
     dataloader_generator,
     get_split,
+    get_streaming_split,
     load_splits,
+    load_streaming_splits,
     resolve_id2label,
 )
 from hf_segmodels.training.evaluation import evaluate_semantic, format_table, metrics_to_json
@@ -82,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "(save_to_disk folder, imagefolder, parquet, arrow).")
     data.add_argument("--dataset_config_name")
     data.add_argument("--train_split", default="train")
-    data.add_argument("--validation_split", default="validation", help="Evaluated at the end ('none' to skip).")
+    data.add_argument("--validation_split", default=None, help="Evaluated at the end; default 'validation' when the "
+                      "dataset has that split (otherwise no validation runs); 'none' to skip.")
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", default="annotation")
     data.add_argument("--do_reduce_labels", action="store_true", help="0 -> 255 (ignored), k -> k - 1 (ADE20K).")
@@ -97,6 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--max_train_samples", type=int)
     data.add_argument("--max_eval_samples", type=int)
     data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--streaming", action="store_true", help="Read the dataset as a stream (data larger than the "
+                      "disk): needs --max_train_steps; shuffled with a buffer of --shuffle_buffer_size examples.")
+    data.add_argument("--shuffle_buffer_size", type=int, default=1000)
 
     optim = parser.add_argument_group("optimisation (defaults: the paper's recipe)")
     optim.add_argument("--recipe", choices=["paper"], default="paper")
@@ -141,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         parser.error("--max_train_steps must be >= 1.")
+    if args.streaming and args.max_train_steps is None:
+        parser.error("--streaming needs --max_train_steps (a stream has no known length to count epochs in).")
     if args.checkpointing_steps is not None and args.checkpointing_steps < 1:
         parser.error("--checkpointing_steps must be >= 1.")
     return args
@@ -275,6 +286,22 @@ def stop_if_not_finite(accelerator, finite: torch.Tensor, step: int, last_saved:
     )
 
 
+def without_rng_draws(loader):
+    """Yields the loader's batches with the global torch RNG (dropout, drop-path) left as it was before each fetch:
+    accelerate's loader for a streamed dataset draws from it when it starts, which a resumed run (whose RNG state is
+    restored before its skipped batches are fetched) would otherwise not reproduce."""
+    iterator = iter(loader)
+    while True:
+        state = torch.get_rng_state()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            torch.set_rng_state(state)
+        yield batch
+
+
 def check_first_examples(samples: SegmentationSamples, count: int = 2) -> None:
     """Decodes and checks the first `count` examples of a split (image / label shapes, label dtype and values), so
     that a malformed split fails before training rather than after it."""
@@ -320,19 +347,36 @@ def main(argv=None):
     set_seed(args.seed)
 
     # ---------------------------------------------------------------- data
-    splits = load_splits(args.dataset_name, args.dataset_config_name)
     columns = (args.image_column, args.label_column)
-    train_split = get_split(splits, args.train_split, columns)
+    if args.streaming:
+        splits = load_streaming_splits(args.dataset_name, args.dataset_config_name)
+        split_of = get_streaming_split
+    else:
+        splits = load_splits(args.dataset_name, args.dataset_config_name)
+        split_of = get_split
+    train_split = split_of(splits, args.train_split, columns)
+    if args.validation_split is None:
+        args.validation_split = "validation" if "validation" in splits else "none"
+        if args.validation_split == "none":
+            accelerator.print(f"The dataset has no 'validation' split (splits: {sorted(splits)}): no validation runs; "
+                              "pass --validation_split NAME to evaluate on another split.")
     evaluate_split = args.validation_split.lower() != "none"
-    validation_split = get_split(splits, args.validation_split, columns) if evaluate_split else None
+    validation_split = split_of(splits, args.validation_split, columns) if evaluate_split else None
     fallback = None
     if args.model_name_or_path is not None and args.id2label is None:
         fallback = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code).id2label
     id2label = resolve_id2label(args.id2label, args.dataset_name, fallback)
-    if args.max_train_samples is not None:
-        train_split = train_split.select(range(min(args.max_train_samples, len(train_split))))
-    if validation_split is not None and args.max_eval_samples is not None:
-        validation_split = validation_split.select(range(min(args.max_eval_samples, len(validation_split))))
+    if args.streaming:
+        if args.max_train_samples is not None:
+            train_split = train_split.take(args.max_train_samples)
+        train_split = train_split.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
+        if validation_split is not None and args.max_eval_samples is not None:
+            validation_split = validation_split.take(args.max_eval_samples)
+    else:
+        if args.max_train_samples is not None:
+            train_split = train_split.select(range(min(args.max_train_samples, len(train_split))))
+        if validation_split is not None and args.max_eval_samples is not None:
+            validation_split = validation_split.select(range(min(args.max_eval_samples, len(validation_split))))
 
     model, processor, architecture = build_model_and_processor(args, id2label)
     if args.backbone_checkpoint:
@@ -357,35 +401,54 @@ def main(argv=None):
         photometric=not args.no_photometric_distortion,
     )
     num_labels = len(id2label)
-    train_samples = SegmentationSamples(
-        train_split, args.image_column, args.label_column, num_labels, args.do_reduce_labels, args.train_split
-    )
-    sampler = EpochSampler(len(train_samples), seed=args.seed, shuffle=True)
-    train_loader = torch.utils.data.DataLoader(
-        TrainSamples(train_samples, augmentation, args.seed),
-        batch_sampler=torch.utils.data.BatchSampler(sampler, args.per_device_train_batch_size, drop_last=True),
-        collate_fn=collate_train,
-        num_workers=args.dataloader_num_workers,
-        generator=dataloader_generator(args.seed),
-    )
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"The {args.train_split!r} split has {len(train_samples)} examples, fewer than one batch of "
-            f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
+    if args.streaming:
+        train_samples = StreamingSamples(train_split, args.image_column, args.label_column, num_labels,
+                                         args.do_reduce_labels, args.train_split)
+        train_samples.check_first()
+        train_loader = torch.utils.data.DataLoader(
+            StreamingTrainSamples(train_samples, augmentation, args.seed),
+            batch_size=args.per_device_train_batch_size,
+            drop_last=True,
+            collate_fn=collate_train,
+            generator=dataloader_generator(args.seed),
         )
-    check_first_examples(train_samples)
+    else:
+        train_samples = SegmentationSamples(
+            train_split, args.image_column, args.label_column, num_labels, args.do_reduce_labels, args.train_split
+        )
+        sampler = EpochSampler(len(train_samples), seed=args.seed, shuffle=True)
+        train_loader = torch.utils.data.DataLoader(
+            TrainSamples(train_samples, augmentation, args.seed),
+            batch_sampler=torch.utils.data.BatchSampler(sampler, args.per_device_train_batch_size, drop_last=True),
+            collate_fn=collate_train,
+            num_workers=args.dataloader_num_workers,
+            generator=dataloader_generator(args.seed),
+        )
+        if len(train_loader) == 0:
+            raise ValueError(
+                f"The {args.train_split!r} split has {len(train_samples)} examples, fewer than one batch of "
+                f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
+            )
+        check_first_examples(train_samples)
     eval_loader = None
     if validation_split is not None:
-        eval_samples = SegmentationSamples(
-            validation_split, args.image_column, args.label_column, num_labels, args.do_reduce_labels,
-            args.validation_split,
-        )
-        check_first_examples(eval_samples)
+        if args.streaming:
+            eval_stream = StreamingSamples(validation_split, args.image_column, args.label_column, num_labels,
+                                           args.do_reduce_labels, args.validation_split)
+            eval_stream.check_first()
+            eval_dataset = StreamingEvalSamples(eval_stream, processor)
+        else:
+            eval_samples = SegmentationSamples(
+                validation_split, args.image_column, args.label_column, num_labels, args.do_reduce_labels,
+                args.validation_split,
+            )
+            check_first_examples(eval_samples)
+            eval_dataset = EvalSamples(eval_samples, processor)
         eval_loader = torch.utils.data.DataLoader(
-            EvalSamples(eval_samples, processor),
+            eval_dataset,
             batch_size=args.per_device_eval_batch_size,
             collate_fn=collate_eval,
-            num_workers=args.dataloader_num_workers,
+            num_workers=0 if args.streaming else args.dataloader_num_workers,
             generator=dataloader_generator(args.seed),
         )
 
@@ -395,11 +458,15 @@ def main(argv=None):
         train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
     else:
         train_loader = accelerator.prepare(train_loader)
-    batches_per_epoch = len(train_loader)
-    updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    if args.streaming:
+        # A stream's length is unknown: epochs (passes over the stream) repeat until --max_train_steps.
+        batches_per_epoch, num_epochs = None, sys.maxsize
+    else:
+        batches_per_epoch = len(train_loader)
+        updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+        if args.max_train_steps is None:
+            args.max_train_steps = args.num_train_epochs * updates_per_epoch
+        num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
     recipe = recipe_of(args, architecture)
     if args.num_warmup_steps is None and recipe.warmup_steps > args.max_train_steps // 10:
         # The papers warm up for ~1% of a 160k-step schedule; a short run keeps warmup to a tenth of its steps.
@@ -421,7 +488,7 @@ def main(argv=None):
                                "the schedule or data order will differ from the original run.", main_process_only=True)
         accelerator.load_state(str(checkpoint))
         completed_steps, start_epoch, resume_batches = state["completed_steps"], state["epoch"], state["batches_in_epoch"]
-        if resume_batches >= batches_per_epoch:
+        if batches_per_epoch is not None and resume_batches >= batches_per_epoch:
             start_epoch, resume_batches = start_epoch + 1, 0
         accelerator.print(f"Resumed from {checkpoint} at step {completed_steps} (epoch {start_epoch}).")
 
@@ -430,9 +497,11 @@ def main(argv=None):
             "train_segmentation", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         )
     total_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    examples = "a stream of" if args.streaming else len(train_samples)
+    epochs = "" if args.streaming else f", {num_epochs} epochs"
     accelerator.print(
         f"Training {architecture.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) on "
-        f"{len(train_samples)} examples: {args.max_train_steps} steps, {num_epochs} epochs, global batch {total_batch}, "
+        f"{examples} examples: {args.max_train_steps} steps{epochs}, global batch {total_batch}, "
         f"crop {crop_size}, recipe {recipe.optimizer} lr {recipe.learning_rate:g} wd {recipe.weight_decay:g} "
         f"poly {recipe.power:g} warmup {recipe.warmup_steps}"
     )
@@ -468,7 +537,8 @@ def main(argv=None):
             if epoch == start_epoch and resume_batches:
                 loader, first_batch = accelerator.skip_first_batches(train_loader, resume_batches), resume_batches
                 loader.set_epoch(epoch)
-            for batch_index, batch in enumerate(loader, start=first_batch):
+            batch_index = first_batch - 1
+            for batch_index, batch in enumerate(without_rng_draws(loader), start=first_batch):
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
                     accelerator.backward(loss)
@@ -503,6 +573,11 @@ def main(argv=None):
                     last_saved = completed_steps
                 if completed_steps >= args.max_train_steps:
                     break
+            if batch_index < 0:
+                raise ValueError(
+                    f"The {args.train_split!r} split gave no batch of {args.per_device_train_batch_size} examples in "
+                    f"epoch {epoch}; lower --per_device_train_batch_size or check the data."
+                )
     finally:
         progress.close()
     if last_saved != completed_steps:

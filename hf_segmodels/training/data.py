@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 
 from ..image_processing import _to_channels_last_rgb
 from .augmentation import TrainAugmentation
@@ -305,13 +305,17 @@ class EvalSamples(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
-        image, label = self.samples.sample(index)
-        encoded = self.image_processor(image, return_tensors="pt")
-        pixel_values = encoded["pixel_values"][0]
-        if "pixel_mask" in encoded:  # a padding processor (MaskFormer): the inference path pads the image itself
-            rows, cols = encoded["pixel_mask"][0].any(1), encoded["pixel_mask"][0].any(0)
-            pixel_values = pixel_values[:, : int(rows.sum()), : int(cols.sum())]
-        return {"pixel_values": pixel_values, "labels": torch.from_numpy(label)}
+        return eval_sample(self.image_processor, *self.samples.sample(index))
+
+
+def eval_sample(image_processor, image: np.ndarray, label: np.ndarray) -> dict:
+    """{"pixel_values" (3, h, w) processed, "labels" (H, W) at the original resolution} of one evaluation example."""
+    encoded = image_processor(image, return_tensors="pt")
+    pixel_values = encoded["pixel_values"][0]
+    if "pixel_mask" in encoded:  # a padding processor (MaskFormer): the inference path pads the image itself
+        rows, cols = encoded["pixel_mask"][0].any(1), encoded["pixel_mask"][0].any(0)
+        pixel_values = pixel_values[:, : int(rows.sum()), : int(cols.sum())]
+    return {"pixel_values": pixel_values, "labels": torch.from_numpy(label)}
 
 
 def collate_train(examples: list[dict]) -> dict:
@@ -334,3 +338,111 @@ def dataloader_generator(seed: int) -> torch.Generator:
     would shift dropout masks between an uninterrupted and a resumed run)."""
     return torch.Generator().manual_seed(seed)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming (`--streaming`): data read as it is trained on, never stored whole
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_streaming_splits(dataset_name: str, dataset_config_name: str | None = None) -> IterableDatasetDict:
+    """Every split of `dataset_name` as an `IterableDataset`: a Hub id or local data files are streamed
+    (`load_dataset(..., streaming=True)`); a `save_to_disk` or images + masks folder is read in order from disk."""
+    path = Path(dataset_name)
+    if path.is_dir() and (load_image_mask_folders(path) is not None or (path / "dataset_dict.json").is_file()
+                          or (path / "state.json").is_file()):
+        return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in
+                                    load_splits(dataset_name, dataset_config_name).items()})
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"Cannot stream {str(path)!r}: use a .parquet / .arrow file or a dataset folder.")
+        loaded = load_dataset(builder, data_files=str(path), streaming=True)
+    else:
+        loaded = load_dataset(dataset_name, dataset_config_name, streaming=True)
+    if isinstance(loaded, IterableDataset):
+        loaded = IterableDatasetDict({"train": loaded})
+    return loaded
+
+
+def get_streaming_split(splits: IterableDatasetDict, split: str, columns: tuple[str, ...]) -> IterableDataset:
+    """The streamed split `split`, checked to exist and (from its features, when known) to hold `columns`."""
+    if split not in splits:
+        raise ValueError(f"The dataset has no split {split!r}; available splits: {sorted(splits)}.")
+    dataset = splits[split]
+    names = list(dataset.features) if dataset.features is not None else None
+    missing = [column for column in columns if names is not None and column not in names]
+    if missing:
+        raise ValueError(
+            f"The {split!r} split has no column(s) {missing}; available columns: {names}. Name the image and label "
+            "columns with --image_column / --label_column."
+        )
+    return dataset
+
+
+class StreamingSamples:
+    """Decoded and checked (image, label) pairs of a streamed split, in stream order: `(position, image, label)`."""
+
+    def __init__(self, dataset: IterableDataset, image_column: str, label_column: str, num_labels: int,
+                 do_reduce_labels: bool, split: str):
+        self.dataset, self.image_column, self.label_column = dataset, image_column, label_column
+        self.num_labels, self.do_reduce_labels, self.split = num_labels, do_reduce_labels, split
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        for position, example in enumerate(self.dataset):
+            if self.image_column not in example or self.label_column not in example:
+                raise ValueError(
+                    f"Example {position} of the streamed {self.split!r} split has no {self.image_column!r} / "
+                    f"{self.label_column!r} column; it has {sorted(example)}."
+                )
+            image, label = decode_image(example[self.image_column]), decode_label(example[self.label_column])
+            if image.shape[:2] != label.shape:
+                raise ValueError(
+                    f"Example {position} of the {self.split!r} split: image size {image.shape[:2]} differs from its "
+                    f"label map size {label.shape}."
+                )
+            if self.do_reduce_labels:
+                label = reduce_labels(label)
+            check_label_values(label, self.num_labels, position, self.split)
+            yield position, image, label
+
+    def check_first(self, count: int = 2) -> None:
+        """Reads and checks the first `count` examples (fails fast on a malformed stream)."""
+        for index, _ in enumerate(self):
+            if index + 1 >= count:
+                break
+
+
+class StreamingTrainSamples(torch.utils.data.IterableDataset):
+    """Augmented training samples from a stream, shuffled with a buffer whose seed changes with the epoch
+    (`datasets.IterableDataset.set_epoch`); each sample's augmentation is seeded by (seed, epoch, position in the
+    epoch), so an epoch replays identically and a resumed run that skips the batches already trained on sees the
+    same samples as an uninterrupted one."""
+
+    def __init__(self, samples: StreamingSamples, augmentation: TrainAugmentation, seed: int):
+        self.samples, self.augmentation, self.seed = samples, augmentation, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.samples.set_epoch(epoch)
+
+    def __iter__(self):
+        for position, image, label in self.samples:
+            rng = np.random.default_rng([self.seed, self.epoch, position])
+            pixel_values, labels = self.augmentation(image, label, rng)
+            yield {"pixel_values": torch.from_numpy(pixel_values), "labels": torch.from_numpy(labels)}
+
+
+class StreamingEvalSamples(torch.utils.data.IterableDataset):
+    """Evaluation samples from a stream: processed image and the label map at its original resolution."""
+
+    def __init__(self, samples: StreamingSamples, image_processor):
+        self.samples, self.image_processor = samples, image_processor
+
+    def __iter__(self):
+        for _, image, label in self.samples:
+            yield eval_sample(self.image_processor, image, label)

@@ -49,7 +49,11 @@ def evaluate_semantic(model, dataloader, accelerator, num_labels: int, *, window
     was_training = unwrapped.training
     unwrapped.eval()
     metric = SegmentationMetric(num_labels=num_labels)
-    progress = tqdm(total=len(dataloader), desc=description, disable=not accelerator.is_local_main_process)
+    try:
+        total = len(dataloader)
+    except TypeError:  # a streamed split has no length
+        total = None
+    progress = tqdm(total=total, desc=description, disable=not accelerator.is_local_main_process)
     for batch in dataloader:
         predictions = predict_batch(
             unwrapped, batch["pixel_values"], batch["labels"], window=window, stride=stride, scales=scales, flip=flip
