@@ -4,6 +4,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
 # The original's Swin (`D2SwinTransformer`) pads inputs to the window size inside every stage and normalises each
@@ -58,6 +59,9 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         size_divisibility (`int`, defaults to 32): whole-image inference (`full_resolution_logits`) zero-pads the
             image to a multiple of this, as the original's `ImageList.from_tensors`, and crops the scores back.
         init_std, init_xavier_std (`float`): initialisation (normal std of embeddings; gain of Xavier inits).
+        test_protocol (`dict`, *optional*): the test protocol the checkpoint was evaluated with (resize, whole or
+            sliding-window inference, multi-scale + flip setting, semantic or panoptic task); see
+            `hf_segmodels.protocol`. `infer_logits` and `pipeline("image-segmentation")` follow it.
 
     Example:
 
@@ -105,8 +109,10 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     size_divisibility: int = 32
     init_std: float = 0.02
     init_xavier_std: float | int = 1.0
+    test_protocol: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self.test_protocol = normalize_test_protocol(self.test_protocol)
         super().__post_init__(**kwargs)
         backbone = self.backbone_config
         if backbone.model_type == "swin":
