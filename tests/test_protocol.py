@@ -47,3 +47,85 @@ def test_opencv_resize_is_identity_at_the_same_size_and_handles_float_images():
 
 def test_maskformer_keeps_pil_resize_as_detectron2():
     assert hf_segmodels.MaskFormerImageProcessor.resize_backend == "pil"
+
+
+# ------------------------------------------------------------------------------------------------ the record
+def test_protocol_round_trips_through_config_json(tmp_path):
+    config = hf_segmodels.SegformerConfig(test_protocol={"mode": "slide", "window": 64, "stride": [48, 48],
+                                                          "resize": {"shortest_edge": 96, "longest_edge": 384}})
+    config.save_pretrained(tmp_path)
+    loaded = get_test_protocol(hf_segmodels.SegformerConfig.from_pretrained(tmp_path))
+    assert loaded == TestProtocol(mode="slide", window=(64, 64), stride=(48, 48),
+                                  resize={"shortest_edge": 96, "longest_edge": 384})
+    assert hf_segmodels.SegformerConfig().test_protocol is None
+    for bad in ({"mode": "slide"}, {"mode": "whole", "window": 8, "stride": 8}, {"mode": "sliding"},
+                {"mode": "slide", "window": 8, "stride": 16}, {"resize": {"width": 3}}, {"unknown": 1}):
+        with pytest.raises(ValueError):
+            hf_segmodels.SegformerConfig(test_protocol=bad)
+
+
+def _expected_from_original(architecture: str, cfg: dict) -> dict:
+    """The protocol a release's original test settings describe, spelled out independently of the package."""
+    if architecture == "segmenter":
+        window, stride = [cfg["window_size"]] * 2, [cfg["window_stride"]] * 2
+        resize = {"shortest_edge": cfg["im_size"], "longest_edge": cfg["max_ratio"] * cfg["im_size"]}
+    elif architecture == "maskformer":
+        window = stride = None
+        resize = {"shortest_edge": cfg["MIN_SIZE_TEST"], "longest_edge": cfg["MAX_SIZE_TEST"]}
+    else:
+        slide = cfg["test_cfg"]["mode"] == "slide"
+        window, stride = (cfg["test_cfg"]["crop_size"], cfg["test_cfg"]["stride"]) if slide else (None, None)
+        long, short = max(cfg["img_scale"]), min(cfg["img_scale"])
+        resize = {"shortest_edge": max(short, cfg["min_short"])} if "min_short" in cfg else \
+            {"shortest_edge": short, "longest_edge": long}
+    return {"mode": "slide" if window else "whole", "window": window, "stride": stride, "resize": resize,
+            "size_divisor": cfg.get("size_divisor"), "ms_scales": cfg.get("ms_ratios", []),
+            "ms_flip": cfg.get("flip", False), "task": cfg.get("task", "semantic"), "source": cfg["source"]}
+
+
+def test_every_zoo_release_records_its_original_test_settings():
+    from hf_segmodels.model_card import load_zoo, zoo_test_protocol
+
+    zoo = load_zoo()
+    for entry in zoo["models"]:
+        cfg = entry["original_test_cfg"]
+        assert cfg["source"].startswith("https://github.com/"), entry["name"]
+        protocol = zoo_test_protocol(entry).to_dict()
+        assert protocol == _expected_from_original(entry["architecture"], cfg), entry["name"]
+        # ... and agrees with the `evaluation` block the model cards show.
+        evaluation = entry.get("evaluation", {})
+        assert protocol["window"] == evaluation.get("window") and protocol["stride"] == evaluation.get("stride"), \
+            entry["name"]
+        assert protocol["ms_scales"] == evaluation.get("ms_scales", []), entry["name"]
+
+
+GOLDEN_STAND_INS = {
+    # architecture: (golden checkpoint, side file, the release file layout the stand-in is copied to)
+    "segmenter": ("segmenter/mask_tiny/checkpoint.pth", "segmenter/mask_tiny/variant.yml", "segmenter-t16-ade"),
+    "setr": ("setr/setr_original_pup_tiny/checkpoint.pth", "setr/setr_original_pup_tiny/config.py", "setr-pup-ade"),
+    "segformer": ("segformer/segformer_original_tiny/checkpoint.pth", None, "segformer-b0-cityscapes"),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(GOLDEN_STAND_INS))
+def test_conversion_of_a_zoo_release_records_its_protocol(architecture, golden_dir, tmp_path):
+    """The conversion CLI on a file laid out as a release (golden weights standing in) writes the release's
+    protocol into config.json and its resize into preprocessor_config.json."""
+    import importlib
+    import json
+    import shutil
+
+    from hf_segmodels.model_card import load_zoo, zoo_test_protocol
+
+    checkpoint, side_file, name = GOLDEN_STAND_INS[architecture]
+    entry = next(e for e in load_zoo()["models"] if e["name"] == name)
+    target = tmp_path / "downloads" / entry["checkpoint"]["match"]
+    target.parent.mkdir(parents=True)
+    shutil.copy(golden_dir / checkpoint, target)
+    argv = ["--checkpoint", str(target), "--output_dir", str(tmp_path / "out")]
+    if side_file:
+        argv += ["--config", str(golden_dir / side_file)]
+    importlib.import_module(f"conversion_scripts.convert_{architecture}").main(argv)
+    expected = zoo_test_protocol(entry).to_dict()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["test_protocol"] == expected
+    assert json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())["size"] == expected["resize"]
