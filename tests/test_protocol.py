@@ -129,3 +129,97 @@ def test_conversion_of_a_zoo_release_records_its_protocol(architecture, golden_d
     expected = zoo_test_protocol(entry).to_dict()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["test_protocol"] == expected
     assert json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())["size"] == expected["resize"]
+
+
+# ------------------------------------------------------------------------------------------------ infer_logits, pipeline
+def _golden_model(architecture: str, golden_dir):
+    if architecture == "segmenter":
+        from hf_segmodels.segmenter.convert_segmenter import convert_segmenter_checkpoint
+
+        return convert_segmenter_checkpoint(golden_dir / "segmenter/mask_tiny/checkpoint.pth",
+                                            golden_dir / "segmenter/mask_tiny/variant.yml")
+    if architecture == "setr":
+        from hf_segmodels.setr.convert_setr import convert_setr_checkpoint
+
+        return convert_setr_checkpoint(golden_dir / "setr/setr_original_pup_tiny/checkpoint.pth",
+                                       golden_dir / "setr/setr_original_pup_tiny/config.py")
+    if architecture == "segformer":
+        from hf_segmodels.segformer.convert_segformer import convert_segformer_checkpoint
+
+        return convert_segformer_checkpoint(golden_dir / "segformer/segformer_original_tiny/checkpoint.pth", None)
+    from hf_segmodels.maskformer.convert_maskformer import convert_original_checkpoint
+
+    return convert_original_checkpoint(golden_dir / "maskformer/r50_base/model_final.pkl", None)
+
+
+# Each release's protocol, with the window scaled down to the tiny golden models (the image stays larger than it).
+RELEASE_PROTOCOLS = {
+    "segmenter": "segmenter-l16-cityscapes",  # slide 768 / 512
+    "setr": "setr-pup-ade",                   # slide 512 / 341
+    "segformer": "segformer-b0-cityscapes",   # slide 1024 / 768
+    "maskformer": "maskformer-r50-ade",       # whole image
+}
+
+
+@pytest.fixture(scope="module", params=sorted(RELEASE_PROTOCOLS))
+def protocol_checkpoint(request, golden_dir, tmp_path_factory):
+    from hf_segmodels.model_card import load_zoo, zoo_test_protocol
+    from hf_segmodels.protocol import apply_test_protocol
+
+    architecture = request.param
+    model, processor = _golden_model(architecture, golden_dir)
+    entry = next(e for e in load_zoo()["models"] if e["name"] == RELEASE_PROTOCOLS[architecture])
+    protocol = zoo_test_protocol(entry).to_dict()
+    factor = 16  # release window / 16: 48x48 windows with stride 32 for Segmenter, ...
+    if protocol["window"]:
+        protocol["window"] = [w // factor for w in protocol["window"]]
+        protocol["stride"] = [s // factor for s in protocol["stride"]]
+    protocol["resize"] = {"shortest_edge": 72, "longest_edge": 200}
+    apply_test_protocol(model, processor, protocol)
+    folder = tmp_path_factory.mktemp(architecture)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return architecture, folder
+
+
+def _label_map(segments, size) -> np.ndarray:
+    labels = {}
+    result = np.full(size, -1)
+    for segment in segments:
+        mask = np.asarray(segment["mask"]) > 0
+        assert not (result[mask] >= 0).any(), "segments overlap"
+        result[mask] = labels.setdefault(segment["label"], len(labels))
+    assert (result >= 0).all(), "every pixel belongs to a segment"
+    return result, labels
+
+
+@pytest.mark.parametrize("protocol", [True, False])
+def test_pipeline_runs_the_checkpoints_protocol(protocol_checkpoint, protocol):
+    """pipeline() on a checkpoint with a protocol = infer_logits with that protocol on the processed image, resized
+    to the input image; `protocol=False`: plain whole-image inference."""
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+
+    architecture, folder = protocol_checkpoint
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    image = PIL.Image.fromarray(np.random.default_rng(3).integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    recorded = get_test_protocol(model)
+    assert pixel_values.shape[-2:] == (72, 104)
+    if recorded.window:
+        assert pixel_values.shape[-1] > recorded.window[1]  # several windows
+    scores = hf_segmodels.infer_logits(model, pixel_values, protocol=protocol)
+    window, stride = recorded.sliding_window if protocol else (None, None)
+    assert torch.equal(scores, hf_segmodels.infer_logits(model, pixel_values, window=window, stride=stride,
+                                                         protocol=False))
+    expected = torch.nn.functional.interpolate(scores, size=(90, 130), mode="bilinear", align_corners=False)[0]
+    expected = expected.argmax(0).numpy()
+
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    segments = segmenter(image) if protocol else segmenter(image, protocol=False)
+    found, labels = _label_map(segments, (90, 130))
+    id2label = model.config.id2label
+    names = np.array([id2label[i] for i in range(len(id2label))])
+    assert all(isinstance(segment["score"], float) for segment in segments)
+    inverse = {index: name for name, index in labels.items()}
+    assert (np.vectorize(inverse.get)(found) == names[expected]).all()
