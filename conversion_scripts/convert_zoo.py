@@ -10,6 +10,7 @@ name, or, for names several releases share (Segmenter's `checkpoint.pth`), by it
 (`ade20k/seg_tiny_mask/checkpoint.pth`). Each found checkpoint is checked against the hashes the zoo records (the md5
 prefix in MaskFormer's file names, a sha256 where one is recorded), converted with its architecture's converter (side
 file: `variant.yml` / flattened `.py` config, looked up next to the checkpoint, then anywhere in `--source_dir`),
+given the release's test protocol (`original_test_cfg` in the zoo: recorded in the config, resize in the processor),
 checked (number of classes as released, a forward pass that gives finite logits of the right shape), written with its
 model card to `<output_dir>/<name>` and, with `--push_to_hub`, uploaded to `<org>/<name>` in one commit (`--dry_run`:
 printed, no network). A summary table ends the run; the exit status is 1 when an entry that was found could not be
@@ -37,7 +38,9 @@ from hf_segmodels.model_card import (  # noqa: E402
     render_zoo_card,
     render_zoo_cards,
     zoo_repo_id,
+    zoo_test_protocol,
 )
+from hf_segmodels.protocol import apply_test_protocol  # noqa: E402
 
 
 def _convert(entry: dict, checkpoint: Path, config: Path | None, allow_unsafe_pickle: bool):
@@ -123,6 +126,7 @@ def convert_entry(entry: dict, checkpoint: Path, args, zoo: dict) -> str:
     check_hashes(entry, checkpoint)
     config = find_config(entry, checkpoint, args.source_dir)
     model, processor = _convert(entry, checkpoint, config, args.allow_unsafe_pickle)
+    apply_test_protocol(model, processor, zoo_test_protocol(entry))
     verify_runs(model.eval(), entry["num_labels"])
     card = render_zoo_card(entry, zoo, args.org, remote_code=args.remote_code).content
     output = save_converted(args.output_dir / entry["name"], model, processor, card, remote_code=args.remote_code)

@@ -10,7 +10,9 @@ library's `mean_iou` definitions), printed as a table and written as JSON.
 
 Modes: `whole` (whole-image inference at the image processor's test size), `slide` (sliding windows `--window`
 with `--stride`, as the papers' Cityscapes / Pascal Context / Segmenter numbers), `ms` (scales 0.5 ... 1.75 of the
-test size, each also flipped, as the papers' "MS" numbers; with `--window` every scale slides). Predictions are
+test size, each also flipped, as the papers' "MS" numbers; with `--window` every scale slides). The default is the
+checkpoint's recorded test protocol (`config.test_protocol`: `slide` with its window and stride, or `whole`); `ms`
+then also takes its scales, flip and window. Predictions are
 resized to each label map's original size before scoring.
 
 With `--task panoptic` the label column holds panoptic maps (segment ids, or COCO's RGB encoding id = R + 256 G +
@@ -38,6 +40,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 
 import hf_segmodels  # noqa: F401  (registers the architectures)
 from hf_segmodels.metrics import PanopticQualityMetric
+from hf_segmodels.protocol import get_test_protocol
 from hf_segmodels.training.data import (
     EvalSamples,
     SegmentationSamples,
@@ -67,11 +70,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="--task panoptic: keep queries whose class probability exceeds this (MaskFormer).")
     parser.add_argument("--overlap_threshold", type=float, default=0.8,
                         help="--task panoptic: minimum visible fraction of a query's mask (MaskFormer).")
-    parser.add_argument("--mode", choices=["whole", "slide", "ms"], default="whole")
-    parser.add_argument("--window", type=int, nargs="+", help="Sliding window (H [W]); default: the config's "
-                        "image_size for --mode slide.")
-    parser.add_argument("--stride", type=int, nargs="+", help="Sliding-window stride (H [W]); default: 2/3 window.")
-    parser.add_argument("--scales", type=float, nargs="+", default=list(MS_SCALES), help="Scales of --mode ms.")
+    parser.add_argument("--mode", choices=["whole", "slide", "ms"], default=None,
+                        help="Default: the checkpoint's test protocol (slide or whole).")
+    parser.add_argument("--window", type=int, nargs="+", help="Sliding window (H [W]); default: the protocol's, "
+                        "else the config's image_size for --mode slide.")
+    parser.add_argument("--stride", type=int, nargs="+", help="Sliding-window stride (H [W]); default: the "
+                        "protocol's, else 2/3 window.")
+    parser.add_argument("--scales", type=float, nargs="+", default=None,
+                        help="Scales of --mode ms (default: the protocol's, else 0.5 ... 1.75).")
     parser.add_argument("--no_flip", action="store_true", help="--mode ms without the flipped views.")
     parser.add_argument("--num_samples", type=int, help="Evaluate the first N examples only.")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=1)
@@ -99,8 +105,14 @@ def _pair(values):
 
 
 def sliding_window(args, config):
-    """(window, stride) for the mode; the window defaults to the training crop (`config.image_size`)."""
+    """(window, stride) for the mode: the checkpoint's protocol unless `--window` / `--stride` are given; for
+    `--mode slide` without a protocol window the window defaults to the training crop (`config.image_size`)."""
+    recorded = get_test_protocol(config)
     window = _pair(args.window)
+    if window is None and recorded is not None and recorded.window and args.mode in ("slide", "ms"):
+        window = recorded.window
+        if args.stride is None:
+            return window, recorded.stride
     if window is None and args.mode == "slide":
         size = getattr(config, "image_size", None)
         if size is None:
@@ -112,6 +124,15 @@ def sliding_window(args, config):
         return None, None
     stride = _pair(args.stride) or tuple(max(1, (2 * w) // 3) for w in window)
     return window, stride
+
+
+def resolve_mode(args, config) -> None:
+    """`--mode` and `--scales` default to the checkpoint's test protocol."""
+    recorded = get_test_protocol(config)
+    if args.mode is None:
+        args.mode = "slide" if recorded is not None and recorded.mode == "slide" else "whole"
+    if args.scales is None:
+        args.scales = list(recorded.ms_scales) if recorded is not None and recorded.ms_scales else list(MS_SCALES)
 
 
 def _panoptic_ids(label) -> np.ndarray:
@@ -176,6 +197,7 @@ def main(argv=None):
     kwargs = {"cpu": True} if os.environ.get("LOCAL_RANK") is not None and not torch.cuda.is_available() else {}
     accelerator = Accelerator(**kwargs)
     config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    resolve_mode(args, config)
     model = AutoModelForSemanticSegmentation.from_pretrained(
         args.model_name_or_path, trust_remote_code=args.trust_remote_code
     ).eval()

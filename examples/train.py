@@ -57,6 +57,7 @@ from hf_segmodels.training.data import (
     load_streaming_splits,
     resolve_id2label,
 )
+from hf_segmodels.protocol import protocol_from_training_crop
 from hf_segmodels.training.evaluation import evaluate_semantic, format_table, metrics_to_json
 from hf_segmodels.training.model_card import render_training_card
 from hf_segmodels.training.recipes import PAPER_RECIPES, build_optimizer, build_scheduler
@@ -589,6 +590,9 @@ def main(argv=None):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        # The checkpoint records how to test it: sliding windows of the training crop on images resized like the
+        # processor's test size (infer_logits, pipeline() and evaluate.py follow it).
+        unwrapped.config.test_protocol = protocol_from_training_crop(crop_size, processor).to_dict()
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     results_json = None

@@ -1,6 +1,7 @@
 """hf_segmodels: Segmenter, SETR, SegFormer and MaskFormer as Hugging Face Transformers models.
 
-Importing the package registers every configuration, model and image processor with transformers' Auto API.
+Importing the package registers every configuration, model and image processor with transformers' Auto API, and
+makes `pipeline("image-segmentation")` run the test protocol that a checkpoint records (`hf_segmodels.pipeline`).
 """
 
 from . import metrics  # noqa: F401  (hf_segmodels.metrics.MEAN_IOU / PANOPTIC_QUALITY for evaluate.load)
@@ -9,6 +10,9 @@ from .segmenter import SegmenterConfig, SegmenterForSemanticSegmentation, Segmen
 from .setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor
 from .segformer import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 from .maskformer import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
+from .pipeline import register_pipeline
+
+register_pipeline()
 
 __version__ = "0.1.0"
 

@@ -285,9 +285,11 @@ def run_conversion_cli(
 ) -> Path:
     """Parses the fixed conversion flags, converts with `convert(args) -> (model, image_processor)`, writes the output
     directory atomically (with a model card when `--model_card` or `--push_to_hub`; the card takes the download URL,
-    protocol and published numbers from `model_cards/zoo.json` when the checkpoint is a known release), and pushes
+    protocol and published numbers from `model_cards/zoo.json` when the checkpoint is a known release, whose
+    original test protocol is also recorded in the config and the image processor's resize), and pushes
     (or, with `--dry_run`, prints the push) if asked."""
-    from .model_card import ZOO_PATH, find_zoo_entry, load_zoo, render_model_card, zoo_card_kwargs
+    from .model_card import ZOO_PATH, find_zoo_entry, load_zoo, render_model_card, zoo_card_kwargs, zoo_test_protocol
+    from .protocol import apply_test_protocol
 
     parser = conversion_argument_parser(architecture, sources)
     if add_arguments is not None:
@@ -296,13 +298,18 @@ def run_conversion_cli(
     check_publishing_arguments(parser, args)
     try:
         model, image_processor = convert(args)
+        # A known release (see model_cards/zoo.json) records its original test protocol in the converted config and
+        # gets its download URL, protocol and published numbers in the card.
+        entry = find_zoo_entry(args.checkpoint, load_zoo(), architecture) if ZOO_PATH.is_file() else None
+        if entry is not None and entry["source_format"] != args.source:
+            entry = None
+        if entry is not None:
+            apply_test_protocol(model, image_processor, zoo_test_protocol(entry))
         card = None
         if args.model_card or args.push_to_hub:
             kwargs = {"checkpoint": Path(args.checkpoint).name, "source": args.source}
             kwargs.update(card_kwargs(args) if card_kwargs else {})
-            # A known release (see model_cards/zoo.json) gets its download URL, protocol and published numbers.
-            entry = find_zoo_entry(args.checkpoint, load_zoo(), architecture) if ZOO_PATH.is_file() else None
-            if entry is not None and entry["source_format"] == args.source:
+            if entry is not None:
                 kwargs.update(zoo_card_kwargs(entry))
             kwargs["architecture"] = architecture
             card = render_model_card(

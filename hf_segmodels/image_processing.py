@@ -91,8 +91,9 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
     protocol of each architecture does; subclasses set the normalisation and sizes.
 
     `size` may be `{"height", "width"}` (fixed size), `{"shortest_edge"}` or `{"shortest_edge", "longest_edge"}`,
-    the latter with mmsegmentation's `keep_ratio` rule: scale = min(longest / long side, shortest / short side),
-    new side = int(side * scale + 0.5).
+    the latter two with mmsegmentation's `keep_ratio` rule: scale = min(longest / long side, shortest / short side),
+    new side = int(side * scale + 0.5). Images are resized as the architecture's original test pipeline does
+    (`resize_backend`): OpenCV-style bilinear for the mmsegmentation-based originals, PIL's for detectron2's.
 
     Accepts PIL images of any mode (grayscale, RGBA, 16-bit) and NumPy / torch arrays in HWC, CHW or HW layout;
     every image becomes 3-channel RGB. Segmentation maps (PIL or arrays of class ids) are resized with nearest
@@ -112,6 +113,9 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
     do_normalize = True
     do_convert_rgb = True
     do_reduce_labels = False
+    # How images are resized: "pil" (PIL's bilinear filter, which antialiases when it shrinks; detectron2's test
+    # resize) or "opencv" (cv2.INTER_LINEAR's bilinear interpolation without antialiasing; mmsegmentation's).
+    resize_backend = "pil"
 
     def __init__(self, **kwargs: Unpack[SegmentationImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -218,13 +222,19 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
         return reduced
 
     def resize(self, image: np.ndarray, size: SizeDict, resample=None, **kwargs) -> np.ndarray:
-        if size.shortest_edge and size.longest_edge:
+        if size.shortest_edge:
+            # mmsegmentation's / detectron2's keep-ratio rule: scale = min(longest / long side, shortest / short
+            # side) (no long-side limit without `longest_edge`), new side = int(side * scale + 0.5).
             height, width = image.shape[-2:]
-            scale = min(size.longest_edge / max(height, width), size.shortest_edge / min(height, width))
+            scale = size.shortest_edge / min(height, width)
+            if size.longest_edge:
+                scale = min(size.longest_edge / max(height, width), scale)
             size = SizeDict(height=int(height * scale + 0.5), width=int(width * scale + 0.5))
         if image.dtype == np.int64:
             # PIL cannot resize int64 arrays; label maps fit in int32.
             return super().resize(image.astype(np.int32), size, resample=resample, **kwargs).astype(np.int64)
+        if self.resize_backend == "opencv" and resample in (None, PILImageResampling.BILINEAR) and image.ndim == 3:
+            return opencv_bilinear_resize(image, (size.height, size.width))
         return super().resize(image, size, resample=resample, **kwargs)
 
     def _rescale_normalize_table(
@@ -318,6 +328,51 @@ def check_target_sizes(sizes) -> None:
     for index, size in enumerate(sizes):
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"target_sizes[{index}] = {tuple(size)}: expected a (height, width) of at least 1 x 1.")
+
+
+def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR taps along one axis: half-pixel centres, borders clamped, weights in 11-bit fixed
+    point (`INTER_RESIZE_COEF_BITS`), computed in float32 as `cv::resize` does."""
+    scale = source / target
+    position = ((np.arange(target, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    fraction = position - first
+    low, high = first < 0, first >= source - 1
+    fraction[low | high] = 0
+    first[low] = 0
+    first[high] = source - 1
+    weight_second = np.round(fraction * 2048).astype(np.int32)
+    weight_first = np.round((np.float32(1) - fraction) * 2048).astype(np.int32)
+    return first, np.minimum(first + 1, source - 1), weight_first, weight_second
+
+
+def opencv_bilinear_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)` for a (C, H, W) array, without OpenCV.
+
+    This is the resize of mmsegmentation's test pipeline (`mmcv.imresize` / `imrescale`, backend cv2): bilinear
+    interpolation between the two nearest pixels, no antialiasing filter when shrinking (PIL's bilinear filter
+    widens its support with the scale). uint8 images follow OpenCV's fixed-point arithmetic (11-bit weights, the
+    horizontal sums kept as integers, the vertical pass rounding as its SIMD path does), which reproduces
+    cv2.resize exactly when shrinking and within 1 grey level on a few pixels in 10^4 when enlarging
+    (`benchmarks/resize_vs_original.py`); other dtypes are interpolated in float32 with the same taps.
+    """
+    height, width = image.shape[-2:]
+    new_height, new_width = int(size[0]), int(size[1])
+    if (new_height, new_width) == (height, width):
+        return image.copy()
+    cols0, cols1, col_w0, col_w1 = _linear_taps(width, new_width)
+    rows0, rows1, row_w0, row_w1 = _linear_taps(height, new_height)
+    if image.dtype == np.uint8:
+        source = image.astype(np.int32)
+        horizontal = source[:, :, cols0] * col_w0 + source[:, :, cols1] * col_w1  # (C, H, W') at scale 2^11
+        top, bottom = horizontal[:, rows0] >> 4, horizontal[:, rows1] >> 4
+        mixed = ((row_w0[:, None] * top) >> 16) + ((row_w1[:, None] * bottom) >> 16)
+        return np.clip((mixed + 2) >> 2, 0, 255).astype(np.uint8)
+    source = image.astype(np.float32)
+    col_w0, col_w1 = col_w0.astype(np.float32) / 2048, col_w1.astype(np.float32) / 2048
+    row_w0, row_w1 = row_w0.astype(np.float32)[:, None] / 2048, row_w1.astype(np.float32)[:, None] / 2048
+    horizontal = source[:, :, cols0] * col_w0 + source[:, :, cols1] * col_w1
+    return (horizontal[:, rows0] * row_w0 + horizontal[:, rows1] * row_w1).astype(image.dtype, copy=False)
 
 
 def resized_class_scores(logits: torch.Tensor, target_sizes=None) -> list[torch.Tensor]:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .modeling_utils import check_pixel_values
+from .protocol import get_test_protocol
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -95,6 +96,12 @@ def _single_view(model, pixel_values, window, stride, batch_size):
     return _slide(model, pixel_values, window, stride, batch_size)
 
 
+def _protocol_window(model) -> tuple:
+    """(window, stride) of the model's recorded test protocol; (None, None) for whole-image or no protocol."""
+    recorded = get_test_protocol(model)
+    return (None, None) if recorded is None else recorded.sliding_window
+
+
 @torch.no_grad()
 def infer_logits(
     model,
@@ -105,14 +112,17 @@ def infer_logits(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     window_batch_size: int | None = None,
+    protocol: bool = True,
 ) -> torch.FloatTensor:
     """Full-resolution class scores of any of our segmentation models.
 
     Args:
         model: a `...ForSemanticSegmentation` / `MaskFormerForUniversalSegmentation` of this package (in eval mode).
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): already normalised images.
-        window / stride: `None` for whole-image inference exactly as the original implementation (e.g. Segmenter
-            pads to a multiple of the patch size and crops back). A `(h, w)` window and stride run sliding-window
+        window / stride: both `None` (the default): the checkpoint's test protocol (`config.test_protocol`, see
+            `hf_segmodels.protocol`): sliding windows when it says `mode="slide"`, else whole-image inference.
+            Whole-image inference is exactly as the original implementation (e.g. Segmenter pads to a multiple of the
+            patch size and crops back). A `(h, w)` window and stride run sliding-window
             inference with the original semantics: windows start at the multiples of the stride below
             `size - window` plus one flush with the border, each goes through the whole-image path, and scores are
             averaged where windows overlap. Windows are run `window_batch_size` at a time; the default (None) is 1
@@ -121,6 +131,7 @@ def infer_logits(
         scales: test-time scales; the image is resized bilinearly to `int(size * scale + 0.5)`, and the scores are
             resized back to `(H, W)`.
         flip: also run every scale on the horizontally flipped image (scores flipped back).
+        protocol: `False` ignores the checkpoint's test protocol: with no window, plain whole-image inference.
 
     Returns:
         `torch.FloatTensor` of shape `(B, num_labels, H, W)`. With one view (one scale, no flip) these are the
@@ -130,6 +141,8 @@ def infer_logits(
     """
     num_channels = pixel_values.shape[1] if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4 else 3
     check_pixel_values(pixel_values, num_channels)
+    if protocol and window is None and stride is None:
+        window, stride = _protocol_window(model)
     if (window is None) != (stride is None):
         raise ValueError("`window` and `stride` must be given together (sliding window) or both left as None.")
     if window is not None:

@@ -417,6 +417,15 @@ def zoo_card_path(entry: dict, cards_dir: str | os.PathLike | None = None) -> Pa
     return Path(cards_dir or MODEL_CARDS_DIR) / entry["architecture"] / f"{entry['name']}.md"
 
 
+def zoo_test_protocol(entry: dict):
+    """The `TestProtocol` of a zoo release, from the original test settings it records (`original_test_cfg`, with
+    their source), or None when it records none."""
+    from .protocol import protocol_from_original_test_cfg
+
+    cfg = entry.get("original_test_cfg")
+    return None if cfg is None else protocol_from_original_test_cfg(entry["architecture"], cfg)
+
+
 def zoo_card_kwargs(entry: dict) -> dict:
     """The `render_model_card` keyword arguments that a zoo entry fixes (everything except the command and repo)."""
     evaluation = entry.get("evaluation", {})
@@ -567,4 +576,5 @@ __all__ = [
     "zoo_command",
     "zoo_entries",
     "zoo_repo_id",
+    "zoo_test_protocol",
 ]

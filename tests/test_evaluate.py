@@ -46,10 +46,15 @@ def test_modes_match_a_direct_computation(name, tmp_path_factory, tmp_path):
         return run_evaluate(["--model_name_or_path", str(output), "--dataset_name", str(data), "--num_samples", "3",
                              *extra, "--output_json", str(tmp_path / f"{len(extra)}.json")])
 
-    whole = evaluate()
-    assert whole["num_samples"] == 3 and whole["mode"]["mode"] == "whole"
-    assert set(whole["per_category_iou"]) == {"background", "disc", "square", "triangle"}
-    assert_matches(whole, direct_metrics(output, data, 3))
+    # the default is the checkpoint's protocol: train.py records sliding windows of the training crop
+    default = evaluate()
+    assert default["num_samples"] == 3 and default["mode"]["mode"] == "slide"
+    assert default["mode"]["window"] == [32, 32] and default["mode"]["stride"] == [21, 21]
+    assert set(default["per_category_iou"]) == {"background", "disc", "square", "triangle"}
+    assert_matches(default, direct_metrics(output, data, 3))
+    whole = evaluate("--mode", "whole")
+    assert whole["mode"]["window"] is None
+    assert_matches(whole, direct_metrics(output, data, 3, protocol=False))
     if name == "segmenter":
         ms = evaluate("--mode", "ms")
         scales = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # the papers' ratios
@@ -67,10 +72,10 @@ def test_modes_match_a_direct_computation(name, tmp_path_factory, tmp_path):
         default = evaluate("--mode", "slide")
         assert default["mode"]["window"] == [32, 32] and default["mode"]["stride"] == [21, 21]
         with pytest.raises(ValueError, match="--stride needs a sliding window"):
-            evaluate("--stride", "8")
-    else:
-        with pytest.raises(ValueError, match="--mode slide needs --window"):
-            evaluate("--mode", "slide")
+            evaluate("--mode", "whole", "--stride", "8")
+    else:  # SegFormer's config has no image_size: the window comes from the recorded protocol
+        default = evaluate("--mode", "slide")
+        assert default["mode"]["window"] == [32, 32] and default["mode"]["stride"] == [21, 21]
 
 
 def test_panoptic_quality_of_the_models_own_segments_is_one(tmp_path_factory, tmp_path):

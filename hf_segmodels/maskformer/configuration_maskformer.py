@@ -5,6 +5,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..configuration_utils import check_id2label
+from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
 # The original's Swin (`D2SwinTransformer`) pads inputs to the window size inside every stage and normalises each
@@ -65,6 +66,9 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             decoder projects its memory with a 1x1 convolution even when its width already equals `d_model` (the
             released Swin panoptic models). Without it the projection exists only where the widths differ.
         init_std, init_xavier_std (`float`): initialisation (normal std of embeddings; gain of Xavier inits).
+        test_protocol (`dict`, *optional*): the test protocol the checkpoint was evaluated with (resize, whole or
+            sliding-window inference, multi-scale + flip setting, semantic or panoptic task); see
+            `hf_segmodels.protocol`. `infer_logits` and `pipeline("image-segmentation")` follow it.
 
     Example:
 
@@ -113,8 +117,10 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     enforce_input_projection: bool = False
     init_std: float = 0.02
     init_xavier_std: float | int = 1.0
+    test_protocol: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self.test_protocol = normalize_test_protocol(self.test_protocol)
         super().__post_init__(**kwargs)
         backbone = self.backbone_config
         if backbone.model_type == "swin":

@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ..configuration_utils import check_id2label
+from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
 # The released Mix Transformer encoders, as defined by the `mit_b0` ... `mit_b5` classes of NVlabs/SegFormer. All share
@@ -94,6 +95,9 @@ class SegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             concatenated in the order 1, 2, 3, 4. Both then fuse with a 1x1 conv + BatchNorm + ReLU and classify
             with a 1x1 conv.
         semantic_loss_ignore_index (`int`, defaults to 255): label ignored by the cross-entropy loss.
+        test_protocol (`dict`, *optional*): the test protocol the checkpoint was evaluated with (resize, whole or
+            sliding-window inference, multi-scale + flip setting); see `hf_segmodels.protocol`. `infer_logits` and
+            `pipeline("image-segmentation")` follow it. None (the default) means whole-image inference.
 
     Example:
 
@@ -128,6 +132,11 @@ class SegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     decoder_hidden_size: int = 256
     decoder_type: DecoderType = "original"
     semantic_loss_ignore_index: int = 255
+    test_protocol: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        self.test_protocol = normalize_test_protocol(self.test_protocol)
+        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         super().validate_architecture()

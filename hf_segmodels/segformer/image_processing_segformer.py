@@ -25,7 +25,7 @@ class SegformerImageProcessor(SemanticSegmentationImageProcessor):
     ade20k_repeat.py`): keep-ratio resize to a shorter side of 512 with the longer side at most 2048
     (`img_scale=(2048, 512)`), both sides then rounded up to a multiple of 32 (`AlignedResize`), pixels rescaled to
     [0, 1] and normalised with the ImageNet mean/std (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375) on the
-    0-255 scale. The resize is done in one step to the aligned size (the original resizes twice with OpenCV).
+    0-255 scale. Images are resized like the original's (OpenCV-style bilinear, twice: keep-ratio, then aligned).
     `SegformerImageProcessor.from_preset("b0-cityscapes-1024")` gives the Cityscapes protocol (shorter side 1024,
     longer at most 2048, no alignment, labels not reduced). Set `do_reduce_labels=True` for ADE20K label maps (0 is
     "other"); the ADE20K presets do.
@@ -35,6 +35,7 @@ class SegformerImageProcessor(SemanticSegmentationImageProcessor):
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
     size = {"shortest_edge": 512, "longest_edge": 2048}
+    resize_backend = "opencv"  # the original test pipeline resizes with mmcv / cv2.INTER_LINEAR
     size_divisor = 32
 
     def __init__(self, **kwargs: Unpack[SegformerImageProcessorKwargs]):
@@ -56,12 +57,13 @@ class SegformerImageProcessor(SemanticSegmentationImageProcessor):
 
     def _preprocess(self, images: list[np.ndarray], do_resize: bool, size: SizeDict, resample, size_divisor=None,
                     **kwargs) -> list[np.ndarray]:  # fmt: skip
-        if do_resize and size_divisor and size.shortest_edge and size.longest_edge:
+        if do_resize and size_divisor and size.shortest_edge:
+            # `AlignedResize`: the keep-ratio resize, then a second resize to the sides rounded up to a multiple of
+            # `size_divisor` (two interpolations, as the original).
             resized = []
             for image in images:
-                height, width = image.shape[-2:]
-                scale = min(size.longest_edge / max(height, width), size.shortest_edge / min(height, width))
-                aligned = [-(-int(side * scale + 0.5) // size_divisor) * size_divisor for side in (height, width)]
+                image = self.resize(image, size, resample)
+                aligned = [-(-side // size_divisor) * size_divisor for side in image.shape[-2:]]
                 resized.append(self.resize(image, SizeDict(height=aligned[0], width=aligned[1]), resample))
             images, do_resize = resized, False
         return super()._preprocess(images, do_resize=do_resize, size=size, resample=resample, **kwargs)

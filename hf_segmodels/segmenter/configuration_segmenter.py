@@ -4,6 +4,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ..configuration_utils import check_id2label
+from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
 # Encoders of rstrudel/segmenter's `segm/config.yml` (width, heads, layers); MLP size is 4x width, head size 64.
@@ -51,6 +52,9 @@ class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         output_upsampling (`str`): "pad_crop" (original: the decoder output is upsampled to the zero-padded input
             size and cropped) or "resize" (mmsegmentation's port: resized straight to the input size).
         semantic_loss_ignore_index (`int`, defaults to 255): label ignored by the loss.
+        test_protocol (`dict`, *optional*): the test protocol the checkpoint was evaluated with (resize, whole or
+            sliding-window inference, multi-scale + flip setting); see `hf_segmodels.protocol`. `infer_logits` and
+            `pipeline("image-segmentation")` follow it. None (the default) means whole-image inference.
 
     Example:
 
@@ -91,8 +95,10 @@ class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     decoder_layer_norm_eps: float | int = 1e-5
     output_upsampling: str = "pad_crop"
     semantic_loss_ignore_index: int = 255
+    test_protocol: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self.test_protocol = normalize_test_protocol(self.test_protocol)
         if self.decoder_hidden_size is None:
             self.decoder_hidden_size = self.hidden_size
         if self.decoder_num_attention_heads is None:

@@ -16,6 +16,7 @@ class SegmenterImageProcessor(SemanticSegmentationImageProcessor):
     image_mean = (0.5, 0.5, 0.5)
     image_std = (0.5, 0.5, 0.5)
     size = {"shortest_edge": 512, "longest_edge": 2048}
+    resize_backend = "opencv"  # the original test pipeline resizes with mmcv / cv2.INTER_LINEAR
 
     @classmethod
     def for_normalization(cls, normalization: str, **kwargs) -> "SegmenterImageProcessor":

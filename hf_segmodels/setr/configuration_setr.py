@@ -4,6 +4,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ..configuration_utils import check_id2label
+from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
 # Encoders of the released models (width, layers, heads). "deit" is T-Base initialised from DeiT-B (the DeiT
@@ -104,6 +105,9 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         auxiliary_dropout (`float`): `Dropout2d` before every auxiliary classifier.
         auxiliary_loss_weight (`float`): weight of each auxiliary cross-entropy (0.4 in every released config).
         semantic_loss_ignore_index (`int`): label ignored by the losses.
+        test_protocol (`dict`, *optional*): the test protocol the checkpoint was evaluated with (resize, whole or
+            sliding-window inference, multi-scale + flip setting); see `hf_segmodels.protocol`. `infer_logits` and
+            `pipeline("image-segmentation")` follow it. None (the default) means whole-image inference.
 
     Example:
 
@@ -159,8 +163,10 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     auxiliary_dropout: float | int = 0.0
     auxiliary_loss_weight: float | int = 0.4
     semantic_loss_ignore_index: int = 255
+    test_protocol: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self.test_protocol = normalize_test_protocol(self.test_protocol)
         if isinstance(self.image_size, list):
             self.image_size = tuple(self.image_size)
         # Unset naive / PUP head fields take mmsegmentation's base-config values for the decoder type.

@@ -24,6 +24,7 @@ class SetrImageProcessor(SemanticSegmentationImageProcessor):
     image_mean = (0.485, 0.456, 0.406)
     image_std = (0.229, 0.224, 0.225)
     size = {"shortest_edge": 512, "longest_edge": 2048}
+    resize_backend = "opencv"  # the original test pipeline resizes with mmcv / cv2.INTER_LINEAR
 
     @classmethod
     def for_dataset(cls, dataset: str, **kwargs) -> "SetrImageProcessor":

@@ -31,7 +31,8 @@ def predict_batch(model, pixel_values: list[torch.Tensor], labels: list[torch.Te
     predictions: list[torch.Tensor | None] = [None] * len(pixel_values)
     for positions in _same_size_groups(pixel_values, labels):
         images = torch.stack([pixel_values[p] for p in positions])
-        logits = infer_logits(model, images, window=window, stride=stride, scales=scales, flip=flip)
+        # The callers resolve the window (examples/evaluate.py from the checkpoint's protocol): None is whole-image.
+        logits = infer_logits(model, images, window=window, stride=stride, scales=scales, flip=flip, protocol=False)
         size = labels[positions[0]].shape[-2:]
         if logits.shape[-2:] != size:
             logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,90 @@
+"""`pipeline("image-segmentation")` that runs a checkpoint's recorded test protocol.
+
+Why a pipeline class: the protocol (sliding windows of the training crop, averaged scores) is a way of *using* the
+model, not a different model. Putting it in the model's eval-mode `forward` would change what `forward` returns
+depending on the mode (logits at full resolution instead of the output stride) and put a Python loop over windows in
+the graph that `torch.export` traces; putting it in the image processor is impossible (the processor never sees the
+model). A pipeline class keeps `forward` (training, `logits` shapes, export) as it is and gives the pipeline what
+`hf_segmodels.infer_logits` gives by default.
+
+`import hf_segmodels` makes this class the implementation of the "image-segmentation" task. It only changes what
+happens for models that record a `config.test_protocol` (ours, converted or trained with this package); every other
+model, and ours without a protocol, go through transformers' `ImageSegmentationPipeline` unchanged.
+"""
+
+import numpy as np
+import PIL.Image
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
+
+from .image_processing import panoptic_from_class_scores, resized_class_scores
+from .inference import infer_logits
+from .protocol import get_test_protocol
+
+TASK = "image-segmentation"
+
+
+class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
+    """transformers' `ImageSegmentationPipeline`, running our checkpoints the way their originals are evaluated.
+
+    For our models the image is resized by the image processor (the converters give it the protocol's resize), the
+    class scores are `hf_segmodels.infer_logits(model, pixel_values)` (whole image or sliding windows as
+    `config.test_protocol` says, single scale; whole image when the checkpoint records no protocol), resized
+    bilinearly to the input image's size as the originals do, and every class present in their argmax becomes one
+    segment scored by its mean probability (as `post_process_panoptic_segmentation` of the per-pixel models).
+    MaskFormer checkpoints whose protocol is panoptic (or that record none), and `subtask="panoptic"` /
+    `"instance"` requests to MaskFormer, run the model's whole-image forward and the image processor's panoptic /
+    instance post-processing, as detectron2 evaluates them. Other models go through transformers' code unchanged.
+
+    Call arguments, besides transformers' (`subtask`, `threshold`, `mask_threshold`, `overlap_mask_area_threshold`,
+    `timeout`): `protocol=False` asks for plain whole-image inference at the image processor's size, ignoring the
+    recorded window and stride (`infer_logits(..., protocol=False)`).
+    """
+
+    def _sanitize_parameters(self, protocol=None, **kwargs):
+        preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        if protocol is not None:
+            forward["protocol"] = bool(protocol)
+        if "subtask" in kwargs:
+            forward["subtask"] = kwargs["subtask"]
+        return preprocess, forward, postprocess
+
+    def _uses_class_scores(self, subtask: str | None) -> bool:
+        if not hasattr(self.model, "full_resolution_logits"):
+            return False  # not one of ours
+        if not hasattr(self.model.config, "num_queries"):
+            return True  # per-pixel models derive every sub-task from their class scores
+        # MaskFormer: semantic from the class scores; panoptic and instance need its query outputs.
+        recorded = get_test_protocol(self.model)
+        return (subtask or (recorded.task if recorded is not None else None)) == "semantic"
+
+    def _forward(self, model_inputs, protocol: bool = True, subtask: str | None = None):
+        if not self._uses_class_scores(subtask):
+            return super()._forward(model_inputs)
+        target_size = model_inputs.pop("target_size")
+        logits = infer_logits(self.model, model_inputs["pixel_values"], protocol=protocol)
+        return {"protocol_scores": SemanticSegmenterOutput(logits=logits), "target_size": target_size}
+
+    def postprocess(self, model_outputs, subtask=None, **kwargs):
+        if "protocol_scores" not in model_outputs:
+            return super().postprocess(model_outputs, subtask=subtask, **kwargs)
+        logits = model_outputs["protocol_scores"].logits
+        scores = resized_class_scores(logits.float(), model_outputs["target_size"])[0]
+        segments = panoptic_from_class_scores(scores, set())
+        segmentation = segments["segmentation"].numpy()
+        annotation = []
+        for segment in segments["segments_info"]:
+            mask = PIL.Image.fromarray(((segmentation == segment["id"]) * 255).astype(np.uint8), mode="L")
+            label = self.model.config.id2label[segment["label_id"]]
+            annotation.append({"score": segment["score"], "label": label, "mask": mask})
+        return annotation
+
+
+def register_pipeline() -> None:
+    """Makes `ProtocolImageSegmentationPipeline` the implementation of `pipeline("image-segmentation")`, keeping
+    the task's model classes and default."""
+    PIPELINE_REGISTRY.supported_tasks[TASK]["impl"] = ProtocolImageSegmentationPipeline
+
+
+__all__ = ["ProtocolImageSegmentationPipeline", "register_pipeline"]
