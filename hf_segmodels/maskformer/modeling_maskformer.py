@@ -930,10 +930,11 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         if torch.compiler.is_compiling():
             return
         height, width = coarsest.shape[-2:]
-        if (self.config.fpn_feature_size // 32) * height * width <= 1:
+        # torch's group_norm needs more than one value per (image, group) pair across the batch
+        if coarsest.shape[0] * (self.config.fpn_feature_size // 32) * height * width <= 1:
             raise ValueError(
                 f"The input of size {tuple(pixel_values.shape[-2:])} is too small for this MaskFormer: its coarsest "
-                f"feature map is {height}x{width}, which leaves one value per group in the pixel decoder's "
+                f"feature map is {height}x{width}, which leaves one value per group (batch of one) in the pixel decoder's "
                 f"GroupNorm(32) with {self.config.fpn_feature_size} channels. Use larger images (or pad them)."
             )
 
