@@ -5,12 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from .kernels import capturing
 from .remote_code import RemoteCodeModelMixin
-
-
-def _is_traced() -> bool:
-    """True while torch.compile / torch.export / TorchScript capture a graph (data-dependent checks must step aside)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 def check_pixel_values(
@@ -39,7 +35,7 @@ def check_pixel_values(
         raise ValueError(
             f"`pixel_values` must be a floating point tensor of normalised pixels, got dtype {pixel_values.dtype}."
         )
-    if not _is_traced():
+    if not capturing():  # data-dependent checks step aside while a graph is captured
         if pixel_values.shape[0] == 0:
             raise ValueError("`pixel_values` holds no image (batch size 0).")
         if pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:

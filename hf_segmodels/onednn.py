@@ -7,7 +7,8 @@ passes over the output. oneDNN's matrix product (the kernel `torch.compile`'s CP
 while the output is still in cache. The result is the same product in float32 (no reduced-precision modes: errors
 ~1e-6 relative, the size of a different summation order). Used only where it can be: CPU float32 tensors, no autograd
 (training keeps PyTorch's kernels and their backward), no autocast, not while `torch.compile` traces (the compiler
-fuses by itself). Set `hf_segmodels.onednn.enabled = False` for PyTorch's own kernels everywhere.
+fuses by itself) nor while a graph is exported or traced. Switched off with the other fast kernels in
+`hf_segmodels.kernels` (`kernels.enabled["onednn"] = False`).
 """
 
 import torch
@@ -15,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-# Set to False to run every linear layer through PyTorch's own kernels.
-enabled = True
+from .kernels import active as kernel_active
 
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -37,15 +37,14 @@ if _AVAILABLE and torch.ops.mkldnn._linear_pointwise not in flop_registry:
 
 def usable(x: torch.Tensor, layer: nn.Linear) -> bool:
     """Whether `layer(x)` may run through oneDNN: enabled, CPU float32 inference outside autograd, autocast and
-    compilation."""
+    graph capture (compile, export, tracing)."""
     return (
-        enabled
-        and _AVAILABLE
+        _AVAILABLE
+        and kernel_active("onednn")
         and x.device.type == "cpu"
         and x.dtype == layer.weight.dtype == torch.float32
         and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     )
 
 

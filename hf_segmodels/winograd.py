@@ -9,11 +9,14 @@ for the wide maps of segmentation heads (e.g. 256 -> 256 channels at 128x128) th
 convolution runs ~1.3-1.9x faster than oneDNN's direct convolution on CPU (see `benchmarks/bench_maskformer.py`).
 The result equals the direct convolution up to float rounding: errors ~1e-5 of the output's scale (larger than direct
 summation's ~1e-7, because the transforms mix values of different magnitude); inputs of any size are zero-padded to
-whole tiles. Set `hf_segmodels.winograd.enabled = False` for PyTorch's own kernels everywhere.
+whole tiles. Switched off with the other fast kernels in `hf_segmodels.kernels` (`kernels.enabled["winograd"] =
+False`); it steps aside while a graph is exported or traced.
 """
 
 import torch
 import torch.nn.functional as F
+
+from .kernels import active as kernel_active
 
 # The filter transform G (6 x 3) of F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
 _G = (
@@ -31,8 +34,6 @@ MIN_PIXELS = 64 * 64
 # Output tiles per band (see `conv3x3`): bounds the extra memory (~100 floats per tile and channel, a few MB for
 # 256 channels), measured no higher than the direct convolution's peak and ~1.8x faster than it.
 BAND_TILES = 128
-# Set to False to run every convolution through PyTorch's own kernels.
-enabled = True
 
 
 def _input_transform(d: list[torch.Tensor], out: list[torch.Tensor]) -> None:
@@ -123,7 +124,7 @@ def worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
     `conv3x3`: enabled, inference (no autograd) on CPU in float32, and a map and channel counts large enough for the
     transforms to pay off (measured: from 64 channels and 64x64 pixels on)."""
     return (
-        enabled
+        kernel_active("winograd")
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))

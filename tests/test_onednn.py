@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from hf_segmodels import onednn
+from hf_segmodels import kernels, onednn
 from hf_segmodels.layers import TransformerLayer
 from hf_segmodels.segmenter import SegmenterConfig
 
@@ -71,10 +71,10 @@ def test_pytorch_kernels_wherever_onednn_does_not_apply(layer_and_inputs):
             assert not ran_onednn(lambda: onednn.linear(layer, x))
             assert onednn.linear(layer, x).dtype == torch.bfloat16
         try:
-            onednn.enabled = False
+            kernels.enabled["onednn"] = False
             assert not ran_onednn(lambda: onednn.linear_gelu(layer, x))
         finally:
-            onednn.enabled = True
+            kernels.enabled["onednn"] = True
         assert ran_onednn(lambda: onednn.linear_gelu(layer, x))
 
 
@@ -82,7 +82,7 @@ def test_flop_counter_counts_the_onednn_products(layer_and_inputs):
     layer, x, residual = layer_and_inputs
     counts = []
     for enabled in (True, False):
-        onednn.enabled = enabled
+        kernels.enabled["onednn"] = enabled
         try:
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 onednn.linear(layer, x)
@@ -90,7 +90,7 @@ def test_flop_counter_counts_the_onednn_products(layer_and_inputs):
                 onednn.linear_add(layer, x, residual)
             counts.append(counter.get_total_flops())
         finally:
-            onednn.enabled = True
+            kernels.enabled["onednn"] = True
     assert counts[0] == counts[1] == 3 * 2 * 2 * 37 * 48 * 96
 
 
@@ -110,11 +110,11 @@ def test_transformer_layer_eval_path_equals_the_training_path(hidden_act):
         reference, _ = layer(x)
         layer.eval()
         try:
-            onednn.enabled = False
+            kernels.enabled["onednn"] = False
             assert not ran_onednn(lambda: layer(x))
             unfused, _ = layer(x)
         finally:
-            onednn.enabled = True
+            kernels.enabled["onednn"] = True
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(unfused, reference, rtol=1e-6, atol=1e-6)
     layer.eval()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from test_maskformer_utils import NUM_LABELS, tiny_backbone, tiny_decoder
 
-from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, winograd
+from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, kernels, winograd
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 5, 16, 16), (2, 16, 24, 13, 22), (1, 64, 100, 64, 64), (3, 32, 32, 7, 9),
@@ -37,11 +37,11 @@ def test_winograd_is_used_only_where_it_pays_off():
         strided = torch.nn.Conv2d(64, 64, 3, padding=1, stride=2)
         torch.testing.assert_close(winograd.conv2d(strided, big), strided(big), rtol=0, atol=0)
         try:
-            winograd.enabled = False
+            kernels.enabled["winograd"] = False
             assert not winograd.worthwhile(big, conv.weight)
             torch.testing.assert_close(winograd.conv2d(conv, big), conv(big), rtol=0, atol=0)
         finally:
-            winograd.enabled = True
+            kernels.enabled["winograd"] = True
 
 
 def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
@@ -60,7 +60,7 @@ def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
     with torch.no_grad():
         fast = model(pixel_values=pixel_values)
         assert len(calls) == 2  # the 1/4 output conv and the folded mask projection
-        monkeypatch.setattr(winograd, "enabled", False)
+        monkeypatch.setitem(kernels.enabled, "winograd", False)
         direct = model(pixel_values=pixel_values)
     assert len(calls) == 2
     torch.testing.assert_close(fast.masks_queries_logits, direct.masks_queries_logits, rtol=1e-4, atol=1e-4)

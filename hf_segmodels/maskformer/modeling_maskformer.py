@@ -15,6 +15,7 @@ from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from ..kernels import active as kernel_active, capturing
 from ..layers import MultiHeadSelfAttention, ViTEncoder, attend, init_vit_weights, tokens_to_feature_map
 from ..losses import check_semantic_labels
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
@@ -100,6 +101,8 @@ def supports_folded_resnet(backbone: nn.Module) -> bool:
     with ReLU activations whose BatchNorms all use their running statistics (eval mode)."""
     from transformers.models.resnet.modeling_resnet import ResNetBackbone
 
+    if not kernel_active("folded_batch_norm"):
+        return False
     if type(backbone) is not ResNetBackbone or backbone.config.hidden_act != "relu":
         return False
     return not any(m.training or not m.track_running_stats for m in backbone.modules() if isinstance(m, nn.BatchNorm2d))
@@ -927,7 +930,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
 
     def _check_feature_size(self, pixel_values: torch.Tensor, coarsest: torch.Tensor) -> None:
         """The pixel decoder's GroupNorm(32) needs more than one value per group on the coarsest backbone map."""
-        if torch.compiler.is_compiling():
+        if capturing():
             return
         height, width = coarsest.shape[-2:]
         # torch's group_norm needs more than one value per (image, group) pair across the batch

@@ -24,6 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
 
+from ..kernels import active as kernel_active
 from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
@@ -367,7 +368,7 @@ class SegformerDecodeHead(nn.Module):
 
     def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Four (B, C_i, h_i, w_i) maps -> logits (B, num_labels, h_1, w_1) at the first map's (1/4) resolution."""
-        if self.training:
+        if self.training or not kernel_active("merged_decoder"):
             return self.forward_concat(feature_maps)
         return self.forward_merged(feature_maps)
 

@@ -1,0 +1,76 @@
+"""The package's fast CPU inference kernels, switched in one place.
+
+| name | what it does | where |
+| --- | --- | --- |
+| `onednn` | linear layers through oneDNN with GELU / residual additions fused | `onednn.py`: ViT layers, MiT |
+| `winograd` | wide 3x3 convolutions as Winograd F(4x4, 3x3) | `winograd.py`: MaskFormer's pixel decoder |
+| `folded_batch_norm` | BatchNorm folded into the preceding convolution of eval-mode ResNets | MaskFormer's ResNet backbones |
+| `merged_decoder` | SegFormer's decoder with its fuse conv folded into per-stage matrices | SegFormer's decode head |
+
+Each gives the same numbers as PyTorch's own kernels up to float rounding, and each is used only where it can be
+(CPU inference, see the modules). All of them step aside by themselves while a graph is captured: under
+`torch.compile` (the compiler fuses by itself), `torch.export`, `torch.onnx.export` and TorchScript tracing /
+scripting, so exported graphs contain only standard operators.
+
+Switches: `hf_segmodels.kernels.enabled["onednn"] = False` (one kernel), `with hf_segmodels.kernels.disabled(): ...`
+(all, or the ones named, for a block), or the environment variable `HF_SEGMODELS_FAST_KERNELS` read at import:
+`0` / `none` turns them all off, a comma-separated list of names keeps only those.
+"""
+
+import contextlib
+import os
+
+import torch
+
+KERNELS = ("onednn", "winograd", "folded_batch_norm", "merged_decoder")
+ENVIRONMENT_VARIABLE = "HF_SEGMODELS_FAST_KERNELS"
+
+
+def _from_environment() -> dict[str, bool]:
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+    if value in ("", "1", "all", "true"):
+        return dict.fromkeys(KERNELS, True)
+    if value in ("0", "none", "false"):
+        return dict.fromkeys(KERNELS, False)
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(KERNELS))
+    if unknown:
+        raise ValueError(f"{ENVIRONMENT_VARIABLE}={value!r} names unknown kernels {unknown}; choose from {KERNELS}.")
+    return {name: name in names for name in KERNELS}
+
+
+enabled: dict[str, bool] = _from_environment()
+
+
+def capturing() -> bool:
+    """True while torch.compile, torch.export, torch.onnx.export or TorchScript capture a graph."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+def active(name: str) -> bool:
+    """Whether the kernel `name` is switched on and no graph is being captured."""
+    return enabled[name] and not capturing()
+
+
+@contextlib.contextmanager
+def disabled(*names: str):
+    """Turns the named kernels (all when none is named) off inside the block, PyTorch's own kernels then run."""
+    unknown = sorted(set(names) - set(KERNELS))
+    if unknown:
+        raise ValueError(f"Unknown kernels {unknown}; choose from {KERNELS}.")
+    previous = dict(enabled)
+    for name in names or KERNELS:
+        enabled[name] = False
+    try:
+        yield
+    finally:
+        enabled.update(previous)
+
+
+__all__ = ["ENVIRONMENT_VARIABLE", "KERNELS", "active", "capturing", "disabled", "enabled"]
