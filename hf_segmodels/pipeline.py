@@ -68,6 +68,11 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
 
     def postprocess(self, model_outputs, subtask=None, **kwargs):
         if "protocol_scores" not in model_outputs:
+            if hasattr(self.model, "full_resolution_logits") and hasattr(self.image_processor, "overlap_threshold"):
+                # Our MaskFormer: thresholds the caller did not give are the checkpoint's (its release's test
+                # settings, recorded in the processor), not transformers' generic 0.9 / 0.5.
+                kwargs.setdefault("threshold", None)
+                kwargs.setdefault("overlap_mask_area_threshold", None)
             return super().postprocess(model_outputs, subtask=subtask, **kwargs)
         logits = model_outputs["protocol_scores"].logits
         scores = resized_class_scores(logits.float(), model_outputs["target_size"])[0]

@@ -323,3 +323,29 @@ def test_evaluate_py_scores_maskformer_with_the_original_protocol():
     processor = type(processor).from_dict({**processor.to_dict(), "do_resize": False})
     results = evaluate.evaluate_maskformer_semantic(model, processor, Samples(), Accelerator(cpu=True))
     assert results["overall_accuracy"] >= PIXEL_AGREEMENT
+
+
+def test_pipeline_uses_the_recorded_panoptic_thresholds(tmp_path):
+    """`pipeline("image-segmentation")` with no arguments on a converted panoptic release gives the original's
+    panoptic result: its thresholds (TEST.OBJECT_MASK_THRESHOLD / OVERLAP_THRESHOLD, recorded by the converter in the
+    processor) replace transformers' generic 0.9 / 0.5."""
+    from PIL import Image
+    from transformers import pipeline
+
+    case = "swin_panoptic_nopad"
+    model, processor = converted(case, "model_final.pkl")
+    assert (processor.object_mask_threshold, processor.overlap_threshold) == (0.8, 0.8)  # from config.yaml
+    processor.label_ids_to_fuse = meta(case)["postprocessing"]["panoptic_inference"]["metadata"]["stuff_contiguous_ids"]
+    processor.do_resize = False  # the fixture's image is already at the test size
+    segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
+    image = images_of(case)[0]
+    annotations = segmenter(Image.fromarray(image))
+    expected = np.load(MASKFORMER_DIR / case / "panoptic_seg.npy")
+    info = json.loads((MASKFORMER_DIR / case / "segments_info.json").read_text())
+    assert [a["label"] for a in annotations] == [model.config.id2label[s["category_id"]] for s in info]
+    for annotation, segment in zip(annotations, info):
+        mask = np.asarray(annotation["mask"]) > 0
+        assert (mask == (expected == segment["id"])).mean() >= PIXEL_AGREEMENT
+    # transformers' generic thresholds, asked for explicitly, drop segments here: the defaults above mattered
+    generic = segmenter(Image.fromarray(image), threshold=0.9, overlap_mask_area_threshold=0.5)
+    assert [a["label"] for a in generic] != [a["label"] for a in annotations]

@@ -403,6 +403,9 @@ def settings_from_detectron2_config(config: dict) -> tuple[dict, dict, bool]:
     elif min_size == 0:
         processor["do_resize"] = False
     if panoptic:
+        for key, name in (("OBJECT_MASK_THRESHOLD", "object_mask_threshold"), ("OVERLAP_THRESHOLD", "overlap_threshold")):
+            if test.get(key) is not None:
+                processor[name] = float(test[key])
         datasets = list(_get(config, "DATASETS.TEST") or []) + list(_get(config, "DATASETS.TRAIN") or [])
         for name in datasets:
             stuff = _stuff_ids_of_dataset(str(name))
@@ -430,6 +433,9 @@ def settings_of_release(checkpoint: str | Path) -> tuple[dict, dict] | None:
     }
     if "stuff" in release:
         processor["label_ids_to_fuse"] = list(release["stuff"])
+    if release["panoptic"]:
+        # TEST.OBJECT_MASK_THRESHOLD / OVERLAP_THRESHOLD of the released COCO and ADE20K panoptic configs
+        processor.update(object_mask_threshold=0.8, overlap_threshold=0.8)
     if "size" in release:
         processor["size"] = {"shortest_edge": release["size"][0], "longest_edge": release["size"][1]}
     return overrides, processor

@@ -112,12 +112,18 @@ class MaskFormerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=Fal
         order with `PANOPTIC_ON`), instead of combining at the input size and resizing the class scores.
     label_ids_to_fuse (`list[int]`, *optional*):
         Default `label_ids_to_fuse` of `post_process_panoptic_segmentation`: the stuff classes of a panoptic model.
+    object_mask_threshold (`float`, *optional*):
+        Default `threshold` of `post_process_panoptic_segmentation`: the release's `TEST.OBJECT_MASK_THRESHOLD`.
+    overlap_threshold (`float`, *optional*):
+        Default `overlap_mask_area_threshold` of `post_process_panoptic_segmentation`: its `TEST.OVERLAP_THRESHOLD`.
     """
 
     size_divisor: int
     do_pad: bool
     sem_seg_postprocessing_before_inference: bool
     label_ids_to_fuse: list[int] | None
+    object_mask_threshold: float | None
+    overlap_threshold: float | None
 
 
 class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
@@ -157,6 +163,8 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     do_pad = True
     sem_seg_postprocessing_before_inference = False
     label_ids_to_fuse = None
+    object_mask_threshold = None
+    overlap_threshold = None
 
     def __init__(self, **kwargs: Unpack[MaskFormerImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -192,7 +200,8 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         size_divisor = self.size_divisor if size_divisor is None else size_divisor
         do_pad = kwargs.pop("do_pad", None)
         do_pad = self.do_pad if do_pad is None else do_pad
-        for name in ("sem_seg_postprocessing_before_inference", "label_ids_to_fuse"):
+        for name in ("sem_seg_postprocessing_before_inference", "label_ids_to_fuse", "object_mask_threshold",
+                     "overlap_threshold"):
             kwargs.pop(name, None)
         processed = super()._preprocess_image_like_inputs(
             images, segmentation_maps, do_convert_rgb, input_data_format, None, **kwargs
@@ -323,9 +332,9 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     def post_process_instance_segmentation(
         self,
         outputs,
-        threshold: float = 0.5,
+        threshold: float | None = 0.5,
         mask_threshold: float = 0.5,
-        overlap_mask_area_threshold: float = 0.8,
+        overlap_mask_area_threshold: float | None = 0.8,
         target_sizes=None,
         return_coco_annotation: bool = False,
         return_binary_maps: bool = False,
@@ -343,6 +352,8 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         Returns per image `{"segmentation": (H, W) int32 segment ids (-1 = none) | RLE list |
         (N, H, W) binary maps, "segments_info": [{"id", "label_id", "was_fused", "score"}]}`.
         """
+        if threshold is None:  # pipeline() passes None for a threshold its caller did not give
+            threshold = 0.5
         if return_coco_annotation and return_binary_maps:
             raise ValueError("return_coco_annotation and return_binary_maps can not be both set to True.")
         class_logits, mask_logits = outputs.class_queries_logits, outputs.masks_queries_logits
@@ -386,9 +397,9 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     def post_process_panoptic_segmentation(
         self,
         outputs,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         mask_threshold: float = 0.5,
-        overlap_mask_area_threshold: float = 0.8,
+        overlap_mask_area_threshold: float | None = None,
         label_ids_to_fuse: set[int] | None = None,
         target_sizes=None,
     ) -> list[dict]:
@@ -411,13 +422,19 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         the original's 0.5 is used.
 
         `label_ids_to_fuse` defaults to the processor's `label_ids_to_fuse` (converted panoptic checkpoints record
-        their dataset's stuff classes there), because `pipeline()` passes none.
+        their dataset's stuff classes there), because `pipeline()` passes none; `threshold` and
+        `overlap_mask_area_threshold` default to the processor's `object_mask_threshold` / `overlap_threshold` (the
+        release's test settings, recorded by the converter), else 0.5 / 0.8.
 
         Returns per image `{"segmentation": (H, W) int32 (0 = no segment), "segments_info": [{"id", "label_id",
         "was_fused", "score"}]}`.
         """
         if label_ids_to_fuse is None:
             label_ids_to_fuse = self.label_ids_to_fuse
+        if threshold is None:
+            threshold = self.object_mask_threshold if self.object_mask_threshold is not None else 0.5
+        if overlap_mask_area_threshold is None:
+            overlap_mask_area_threshold = self.overlap_threshold if self.overlap_threshold is not None else 0.8
         fuse = set(int(label) for label in (label_ids_to_fuse or ()))
         class_logits, mask_logits = outputs.class_queries_logits, outputs.masks_queries_logits
         batch = class_logits.shape[0]
