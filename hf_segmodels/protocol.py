@@ -184,6 +184,31 @@ def protocol_from_original_test_cfg(architecture: str, cfg: dict) -> TestProtoco
     raise ValueError(f"Unknown architecture {architecture!r}.")
 
 
+def protocol_from_side_file(test_cfg: dict | None, image_processor, source: str) -> "TestProtocol | None":
+    """The protocol a checkpoint's own side file states, for conversions of checkpoints that are not a known release:
+    its test-time inference (`test_cfg` of an mmseg / mmcv config: `mode`, `crop_size`, `stride`; Segmenter's
+    `variant.yml` `inference_kwargs` as `crop_size` / `stride`) with the test resize the converter read from the same
+    file into `image_processor`. None when the file states no test-time inference."""
+    if not isinstance(test_cfg, dict) or test_cfg.get("mode", "whole") not in _MODES:
+        return None
+    slide = test_cfg.get("mode", "whole") == "slide"
+    size = image_processor.size if image_processor is not None else None
+    size = {key: getattr(size, key, None) if not isinstance(size, dict) else size.get(key)
+            for key in ("shortest_edge", "longest_edge", "height", "width")} if size is not None else {}
+    resize = {key: value for key, value in size.items() if value}
+    if set(resize) not in _RESIZE_FORMS:
+        resize = None
+    divisor = getattr(image_processor, "size_divisor", None)
+    return TestProtocol(
+        mode="slide" if slide else "whole",
+        window=test_cfg.get("crop_size") if slide else None,
+        stride=test_cfg.get("stride") if slide else None,
+        resize=resize,
+        size_divisor=divisor if divisor and divisor > 1 else None,
+        source=source,
+    )
+
+
 def apply_test_protocol(model, image_processor, protocol: "TestProtocol | dict | None") -> None:
     """Records `protocol` in `model.config` and gives `image_processor` its test resize."""
     if protocol is None:
@@ -191,7 +216,9 @@ def apply_test_protocol(model, image_processor, protocol: "TestProtocol | dict |
     protocol = TestProtocol.from_dict(protocol)
     model.config.test_protocol = protocol.to_dict()
     if protocol.resize is not None:
-        image_processor.size = dict(protocol.resize)
+        from transformers.image_utils import SizeDict
+
+        image_processor.size = SizeDict(**protocol.resize)  # the type the processor's own __init__ gives `size`
     if hasattr(image_processor, "size_divisor"):
         image_processor.size_divisor = protocol.size_divisor
 

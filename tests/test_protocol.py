@@ -223,3 +223,35 @@ def test_pipeline_runs_the_checkpoints_protocol(protocol_checkpoint, protocol):
     assert all(isinstance(segment["score"], float) for segment in segments)
     inverse = {index: name for name, index in labels.items()}
     assert (np.vectorize(inverse.get)(found) == names[expected]).all()
+
+
+def test_conversions_of_unknown_checkpoints_record_their_side_files_test_settings():
+    """Not a zoo release: the protocol comes from the side file's own test_cfg (mmseg / mmcv configs, the config
+    embedded in a SegFormer checkpoint) or Segmenter's variant.yml `inference_kwargs`."""
+    from hf_segmodels.conversion_utils import load_python_config
+    from hf_segmodels.segformer.convert_segformer import convert_segformer_checkpoint
+    from hf_segmodels.segmenter.convert_segmenter import convert_segmenter_checkpoint, read_variant
+    from hf_segmodels.setr.convert_setr import convert_setr_checkpoint
+
+    golden = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+    cases = [
+        (convert_setr_checkpoint, golden / "setr" / "setr_pup_tiny", ("config.py", "mmseg")),
+        (convert_setr_checkpoint, golden / "setr" / "setr_original_pup_tiny", ("config.py", "original")),
+        (convert_segformer_checkpoint, golden / "segformer" / "segformer_original_tiny", (None, "original")),
+        (convert_segmenter_checkpoint, golden / "segmenter" / "segmenter_mask_tiny", ("config.py", "mmseg")),
+    ]
+    for convert, folder, (config_name, source) in cases:
+        config_path = folder / config_name if config_name else None
+        model, processor = convert(folder / "checkpoint.pth", config_path, source)
+        cfg = load_python_config(folder / "config.py")
+        test_cfg = (cfg.get("model") or {}).get("test_cfg") or cfg.get("test_cfg")
+        recorded = model.config.test_protocol
+        assert recorded["mode"] == test_cfg["mode"] == "slide", folder.name
+        assert recorded["window"] == list(test_cfg["crop_size"]) and recorded["stride"] == list(test_cfg["stride"])
+        size = processor.size if isinstance(processor.size, dict) else vars(processor.size)
+        assert recorded["resize"] == {key: value for key, value in size.items() if value}, folder.name
+    variant_folder = golden / "segmenter" / "mask_tiny"
+    model, _ = convert_segmenter_checkpoint(variant_folder / "checkpoint.pth", variant_folder / "variant.yml")
+    inference = read_variant(variant_folder / "variant.yml")["inference_kwargs"]
+    assert model.config.test_protocol["window"] == [inference["window_size"]] * 2
+    assert model.config.test_protocol["stride"] == [inference["window_stride"]] * 2

@@ -392,7 +392,8 @@ def test_conversion_cli_writes_complete_output_or_nothing(golden_dir, tmp_path):
     processor = AutoImageProcessor.from_pretrained(output)
     assert processor.image_mean == pytest.approx((0.485, 0.456, 0.406))  # DeiT normalisation from variant.yml
     pixel_values = torch.from_numpy(np.load(folder / "input.npy"))
-    np.testing.assert_allclose(infer_logits(model, pixel_values).numpy(), np.load(folder / "logits.npy"), atol=1e-4)
+    np.testing.assert_allclose(infer_logits(model, pixel_values, protocol=False).numpy(), np.load(folder / "logits.npy"),
+                               atol=1e-4)  # whole image; the converted checkpoint records variant.yml's windows
 
     bad = tmp_path / "bad.pth"
     checkpoint = torch.load(folder / "checkpoint.pth", weights_only=True)

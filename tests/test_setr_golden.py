@@ -40,7 +40,7 @@ def test_whole_image_logits(golden_dir, converted, case):
     with torch.no_grad():
         head_logits = model(pixel_values).logits
     np.testing.assert_allclose(head_logits.numpy(), _load(golden_dir, case, "head_logits.npy"), rtol=0, atol=1e-4)
-    logits = infer_logits(model, pixel_values)
+    logits = infer_logits(model, pixel_values, protocol=False)  # whole image (the side file says slide)
     np.testing.assert_allclose(logits.numpy(), _load(golden_dir, case, "logits.npy"), rtol=0, atol=1e-4)
 
 
@@ -126,7 +126,7 @@ def test_dropping_auxiliary_heads_keeps_the_prediction(golden_dir, converted, ca
     assert model.config.auxiliary_layer_indices == [] and len(model.auxiliary_heads) == 0
     assert not any(name.startswith("auxiliary_heads") for name in model.state_dict())
     pixel_values = torch.from_numpy(_load(golden_dir, case, "input.npy"))
-    np.testing.assert_allclose(infer_logits(model, pixel_values).numpy(), _load(golden_dir, case, "logits.npy"),
+    np.testing.assert_allclose(infer_logits(model, pixel_values, protocol=False).numpy(), _load(golden_dir, case, "logits.npy"),
                                rtol=0, atol=1e-4)
     with_heads = converted[case][0]
     labels = torch.randint(0, 5, (2, *pixel_values.shape[-2:]))

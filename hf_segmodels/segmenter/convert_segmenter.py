@@ -2,6 +2,7 @@
 mmsegmentation 1.x's port (`checkpoint.pth` + `.py` config)."""
 
 import os
+from pathlib import Path
 
 import torch
 import yaml
@@ -14,6 +15,7 @@ from ..conversion_utils import (
     load_state_dict_strict,
     rename_keys,
 )
+from ..protocol import apply_test_protocol, protocol_from_side_file
 from .configuration_segmenter import NORMALIZATION, SegmenterConfig
 from .image_processing_segmenter import SegmenterImageProcessor
 from .modeling_segmenter import SegmenterForSemanticSegmentation
@@ -233,12 +235,18 @@ def convert_segmenter_checkpoint(
         expected = "variant.yml" if source == "original" else "the mmseg .py config"
         raise ConversionError(f"--config is required for --source {source} ({expected}).")
     if source == "original":
-        config, processor = config_from_variant(read_variant(config_path))
+        variant = read_variant(config_path)
+        config, processor = config_from_variant(variant)
+        inference = variant.get("inference_kwargs") or {}
+        test_cfg = ({"mode": "slide", "crop_size": inference["window_size"], "stride": inference["window_stride"]}
+                    if inference.get("window_size") and inference.get("window_stride") else None)
         checkpoint = load_checkpoint(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
         state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
         converted = convert_original_state_dict(state_dict)
     elif source == "mmseg":
-        config, processor = config_from_mmseg(load_python_config(config_path))
+        cfg = load_python_config(config_path)
+        config, processor = config_from_mmseg(cfg)
+        test_cfg = (cfg.get("model") or {}).get("test_cfg") or cfg.get("test_cfg")
         checkpoint = load_checkpoint(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
         state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
         classes = (checkpoint.get("meta") or {}).get("dataset_meta", {}).get("classes")
@@ -250,6 +258,7 @@ def convert_segmenter_checkpoint(
         raise ConversionError(f"Unknown --source {source!r} for Segmenter; expected 'original' or 'mmseg'.")
     model = SegmenterForSemanticSegmentation(config)
     load_state_dict_strict(model, converted)
+    apply_test_protocol(model, processor, protocol_from_side_file(test_cfg, processor, f"{Path(config_path).name}"))
     return model.eval(), processor
 
 

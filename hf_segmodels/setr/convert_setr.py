@@ -8,6 +8,7 @@ channels of its classifier are reordered accordingly.
 """
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,7 @@ from ..conversion_utils import (
     load_state_dict_strict,
     rename_keys,
 )
+from ..protocol import apply_test_protocol, protocol_from_side_file
 from .configuration_setr import SetrConfig
 from .image_processing_setr import SetrImageProcessor
 from .modeling_setr import SetrForSemanticSegmentation
@@ -540,6 +542,9 @@ def convert_setr_checkpoint(
         converted = convert_mmseg_state_dict(state_dict, config, plan)
     model = SetrForSemanticSegmentation(config)
     load_state_dict_strict(model, converted)
+    test_cfg = (cfg.get("model") or {}).get("test_cfg") or cfg.get("test_cfg")
+    protocol = protocol_from_side_file(test_cfg, processor, f"test_cfg of {Path(config_path).name}")
+    apply_test_protocol(model, processor, protocol)
     return model.eval(), processor
 
 
