@@ -187,8 +187,8 @@ def save_converted(
 
 
 def conversion_argument_parser(architecture: str, sources: Iterable[str]) -> argparse.ArgumentParser:
-    """The fixed conversion CLI of DESIGN.md, shared by every `conversion_scripts/convert_<arch>.py`, with the Hub
-    publishing options."""
+    """The fixed conversion CLI (README, "Converting original checkpoints"), shared by every
+    `conversion_scripts/convert_<arch>.py`, with the Hub publishing options."""
     parser = argparse.ArgumentParser(
         description=f"Convert a {architecture} checkpoint into an hf_segmodels (safetensors) model directory."
     )

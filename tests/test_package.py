@@ -1,4 +1,4 @@
-"""The public contract of DESIGN.md: names, model types, Auto registration of all four architectures."""
+"""The public contract (README, docs/ARCHITECTURE.md): names, model types, Auto registration of the four models."""
 
 import subprocess
 import sys
