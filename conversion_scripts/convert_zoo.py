@@ -5,7 +5,7 @@
         [--push_to_hub [--dry_run] [--private] [--revision REV]] [--remote_code] [--only NAME ...]
     python conversion_scripts/convert_zoo.py --write_cards [--org ORG]     # re-render model_cards/<arch>/<name>.md
 
-For each entry of `model_cards/zoo.json` the checkpoint is looked up in `--source_dir` (recursively) by its file
+For each entry of `hf_segmodels/zoo/zoo.json` the checkpoint is looked up in `--source_dir` (recursively) by its file
 name, or, for names several releases share (Segmenter's `checkpoint.pth`), by its trailing folders
 (`ade20k/seg_tiny_mask/checkpoint.pth`). Each found checkpoint is checked against the hashes the zoo records (the md5
 prefix in MaskFormer's file names, a sha256 where one is recorded), converted with its architecture's converter (side
@@ -156,7 +156,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source_dir", type=Path, help="Folder holding downloaded original checkpoints (+ side files).")
     parser.add_argument("--org", default=None, help="Hub organisation / user of the repos (default: the zoo's).")
     parser.add_argument("--output_dir", type=Path, default=Path("converted"), help="Where converted folders go.")
-    parser.add_argument("--zoo", type=Path, default=ZOO_PATH, help="The zoo file (default model_cards/zoo.json).")
+    parser.add_argument("--zoo", type=Path, default=ZOO_PATH, help="The zoo file (default hf_segmodels/zoo/zoo.json).")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="Only these zoo entries.")
     parser.add_argument("--push_to_hub", action="store_true", help="Upload each converted folder to <org>/<name>.")
     parser.add_argument("--dry_run", action="store_true", help="With --push_to_hub: print the commits, no network.")

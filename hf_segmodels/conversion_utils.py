@@ -285,7 +285,7 @@ def run_conversion_cli(
 ) -> Path:
     """Parses the fixed conversion flags, converts with `convert(args) -> (model, image_processor)`, writes the output
     directory atomically (with a model card when `--model_card` or `--push_to_hub`; the card takes the download URL,
-    protocol and published numbers from `model_cards/zoo.json` when the checkpoint is a known release, whose
+    protocol and published numbers from `hf_segmodels/zoo/zoo.json` when the checkpoint is a known release, whose
     original test protocol is also recorded in the config and the image processor's resize), and pushes
     (or, with `--dry_run`, prints the push) if asked."""
     from .model_card import ZOO_PATH, find_zoo_entry, load_zoo, render_model_card, zoo_card_kwargs, zoo_test_protocol
@@ -298,7 +298,7 @@ def run_conversion_cli(
     check_publishing_arguments(parser, args)
     try:
         model, image_processor = convert(args)
-        # A known release (see model_cards/zoo.json) records its original test protocol in the converted config and
+        # A known release (see hf_segmodels/zoo/zoo.json) records its original test protocol in the converted config and
         # gets its download URL, protocol and published numbers in the card.
         entry = find_zoo_entry(args.checkpoint, load_zoo(), architecture) if ZOO_PATH.is_file() else None
         if entry is not None and entry["source_format"] != args.source:

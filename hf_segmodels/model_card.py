@@ -3,7 +3,7 @@
 Two entry points:
 
 * `render_model_card(...)`: the card of one conversion (used by every `conversion_scripts/convert_<arch>.py`).
-* `render_zoo_card(entry, org=...)`: the card of a released original checkpoint listed in `model_cards/zoo.json`
+* `render_zoo_card(entry, org=...)`: the card of a released original checkpoint listed in `hf_segmodels/zoo/zoo.json`
   (download URL, exact conversion command, published numbers with their source).
 
 Published numbers (the paper's / original repository's) and numbers we measured ourselves are kept apart: they are
@@ -18,10 +18,12 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-MODEL_CARDS_DIR = REPOSITORY_ROOT / "model_cards"
-TEMPLATE_PATH = MODEL_CARDS_DIR / "templates" / "model_card.md"
-ZOO_PATH = MODEL_CARDS_DIR / "zoo.json"
+# The zoo and the card template are package data (they ship with non-editable installs); the rendered cards of the
+# releases live in the repository's model_cards/ folder.
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+TEMPLATE_PATH = ZOO_DIR / "model_card_template.md"
+ZOO_PATH = ZOO_DIR / "zoo.json"
+MODEL_CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 LIBRARY_NAME = "hf_segmodels"
 PACKAGE_URL = "https://github.com/hf-segmodels/hf_segmodels"
 
@@ -157,8 +159,8 @@ def _load_template(template_path: str | os.PathLike | None) -> str:
     path = Path(template_path) if template_path is not None else TEMPLATE_PATH
     if not path.is_file():
         raise FileNotFoundError(
-            f"Model-card template not found at {str(path)!r} (it lives in the repository's model_cards/templates/; "
-            "pass template_path= when running from an installed package)."
+            f"Model-card template not found at {str(path)!r} (it ships with the package as "
+            "hf_segmodels/zoo/model_card_template.md; reinstall hf-segmodels, or pass template_path=)."
         )
     return path.read_text(encoding="utf-8")
 
@@ -326,7 +328,7 @@ _REPO_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def load_zoo(path: str | os.PathLike | None = None) -> dict:
-    """Reads and validates `model_cards/zoo.json` (raises `ValueError` listing every problem)."""
+    """Reads and validates `hf_segmodels/zoo/zoo.json` (raises `ValueError` listing every problem)."""
     path = Path(path) if path is not None else ZOO_PATH
     zoo = json.loads(path.read_text(encoding="utf-8"))
     problems = validate_zoo(zoo)

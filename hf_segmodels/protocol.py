@@ -125,7 +125,7 @@ def get_test_protocol(model_or_config) -> TestProtocol | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Translation of the originals' own test settings (as recorded in model_cards/zoo.json `original_test_cfg` or read
+# Translation of the originals' own test settings (as recorded in hf_segmodels/zoo/zoo.json `original_test_cfg` or read
 # from a release's side file) into a protocol.
 # ---------------------------------------------------------------------------------------------------------------
 

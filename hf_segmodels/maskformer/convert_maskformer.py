@@ -238,7 +238,7 @@ ADE20K_PANOPTIC_STUFF_IDS = (
     84, 91, 94, 96, 99, 100, 101, 105, 106, 109, 113, 114, 117, 122, 128, 131, 140, 141, 145,
 )
 
-# What a release's config sets and its weights cannot tell, per dataset of model_cards/zoo.json (used when no
+# What a release's config sets and its weights cannot tell, per dataset of hf_segmodels/zoo/zoo.json (used when no
 # config.yaml is given): MASK_FORMER.SIZE_DIVISIBILITY (32 for the semantic releases, 0 for the panoptic ones),
 # PANOPTIC_ON (which makes the original resize the mask logits before the semantic / panoptic inference), the stuff
 # classes of the panoptic metadata and the test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
@@ -416,7 +416,7 @@ def settings_from_detectron2_config(config: dict) -> tuple[dict, dict, bool]:
 
 
 def settings_of_release(checkpoint: str | Path) -> tuple[dict, dict] | None:
-    """`MaskFormerConfig` overrides and image-processor arguments of a known release (model_cards/zoo.json, by file
+    """`MaskFormerConfig` overrides and image-processor arguments of a known release (hf_segmodels/zoo/zoo.json, by file
     name) from `RELEASE_SETTINGS`, or None for an unknown checkpoint."""
     from ..model_card import ZOO_PATH, find_zoo_entry, load_zoo
 
@@ -727,7 +727,7 @@ def convert_original_checkpoint(
     `DROPOUT`, `ENFORCE_INPUT_PROJ`, the ResNet's `STRIDE_IN_1X1` and (DeepLab backbone) `RES5_MULTI_GRID`,
     `PIXEL_MEAN` / `PIXEL_STD` / `INPUT.FORMAT`, the test resize, `PANOPTIC_ON` (post-processing order) and, for the
     COCO / ADE20K panoptic datasets, the stuff classes (the processor's default `label_ids_to_fuse`). Or a JSON file
-    of `MaskFormerConfig` fields to override. Without a config, a known release (model_cards/zoo.json) gets its
+    of `MaskFormerConfig` fields to override. Without a config, a known release (hf_segmodels/zoo/zoo.json) gets its
     release's settings (`RELEASE_SETTINGS`), anything else the defaults of the ADE20K semantic releases."""
     overrides, processor_kwargs, bgr = None, {}, False
     detectron2_config = None
