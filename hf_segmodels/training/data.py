@@ -215,6 +215,21 @@ def check_label_values(label: np.ndarray, num_labels: int, index: int, split: st
         )
 
 
+def checked_pair(image: np.ndarray, label: np.ndarray, index: int, split: str, num_labels: int,
+                 do_reduce_labels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A decoded example with its label map reduced (if asked) and checked: same size as the image, class ids in
+    range; errors name the example and the split."""
+    if image.shape[:2] != label.shape:
+        raise ValueError(
+            f"Example {index} of the {split!r} split: image size {image.shape[:2]} differs from its label map size "
+            f"{label.shape}."
+        )
+    if do_reduce_labels:
+        label = reduce_labels(label)
+    check_label_values(label, num_labels, index, split)
+    return image, label
+
+
 class SegmentationSamples(torch.utils.data.Dataset):
     """Decoded (image, label) pairs of one split, as NumPy arrays, with label checks.
 
@@ -240,16 +255,8 @@ class SegmentationSamples(torch.utils.data.Dataset):
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         example = self.dataset[int(index)]
-        image, label = example["image"], example["label"]
-        if image.shape[:2] != label.shape:
-            raise ValueError(
-                f"Example {index} of the {self.split!r} split: image size {image.shape[:2]} differs from its label "
-                f"map size {label.shape}."
-            )
-        if self.do_reduce_labels:
-            label = reduce_labels(label)
-        check_label_values(label, self.num_labels, index, self.split)
-        return image, label
+        return checked_pair(example["image"], example["label"], index, self.split, self.num_labels,
+                            self.do_reduce_labels)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -399,15 +406,8 @@ class StreamingSamples:
                     f"{self.label_column!r} column; it has {sorted(example)}."
                 )
             image, label = decode_image(example[self.image_column]), decode_label(example[self.label_column])
-            if image.shape[:2] != label.shape:
-                raise ValueError(
-                    f"Example {position} of the {self.split!r} split: image size {image.shape[:2]} differs from its "
-                    f"label map size {label.shape}."
-                )
-            if self.do_reduce_labels:
-                label = reduce_labels(label)
-            check_label_values(label, self.num_labels, position, self.split)
-            yield position, image, label
+            yield (position, *checked_pair(image, label, position, self.split, self.num_labels,
+                                           self.do_reduce_labels))
 
     def check_first(self, count: int = 2) -> None:
         """Reads and checks the first `count` examples (fails fast on a malformed stream)."""

@@ -50,6 +50,10 @@ def _as_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def _as_arrays(values) -> list[np.ndarray] | None:
+    return None if values is None else [_as_array(value) for value in values]
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MeanIoU(evaluate.Metric):
     def _info(self):
@@ -68,11 +72,7 @@ class MeanIoU(evaluate.Metric):
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Adds a batch of (H, W) prediction / reference maps (NumPy arrays, torch tensors or nested lists)."""
-        if predictions is not None:
-            predictions = [_as_array(p) for p in predictions]
-        if references is not None:
-            references = [_as_array(r) for r in references]
-        return super().add_batch(predictions=predictions, references=references, **kwargs)
+        return super().add_batch(predictions=_as_arrays(predictions), references=_as_arrays(references), **kwargs)
 
     def add(self, *, prediction=None, reference=None, **kwargs):
         """Adds one (H, W) prediction / reference map."""
@@ -82,11 +82,7 @@ class MeanIoU(evaluate.Metric):
 
     def compute(self, *, predictions=None, references=None, **kwargs):
         """Mean IoU of everything added (and of `predictions` / `references`, if given)."""
-        if predictions is not None:
-            predictions = [_as_array(p) for p in predictions]
-        if references is not None:
-            references = [_as_array(r) for r in references]
-        return super().compute(predictions=predictions, references=references, **kwargs)
+        return super().compute(predictions=_as_arrays(predictions), references=_as_arrays(references), **kwargs)
 
     def _compute(self, predictions, references, num_labels: int, ignore_index: int, nan_to_num=None,
                  label_map=None, reduce_labels: bool = False):
