@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Train or fine-tune Segmenter, SETR, SegFormer or MaskFormer for semantic segmentation with 🤗 Accelerate and
-🤗 datasets. Flags follow transformers' `run_semantic_segmentation_no_trainer.py` where they exist.
+"""Train or fine-tune Segmenter, SETR, SegFormer or MaskFormer for semantic segmentation, or MaskFormer for panoptic
+or instance segmentation (`--task`), with 🤗 Accelerate and 🤗 datasets. Flags follow transformers'
+`run_semantic_segmentation_no_trainer.py` where they exist.
 
     accelerate launch examples/train.py --model_type segformer --config_name b0-ade-512 \\
         --backbone_checkpoint mit_b0.pth --dataset_name scene_parse_150 --do_reduce_labels --id2label id2label.json \\
@@ -17,6 +18,19 @@ with cat_max_ratio 0.75, flip, photometric distortion, labels padded with 255) a
 atomically every `--checkpointing_steps` steps to `<output_dir>/step_<N>/`; `--resume_from_checkpoint latest|PATH`
 continues the same schedule with the same data order. At the end the model, its image processor and a model card
 with the measured validation metrics are saved to `--output_dir`.
+
+`--task panoptic` (MaskFormer): the label column holds panoptic maps (segment ids, or COCO's RGB encoding
+id = R + 256 G + 256^2 B) and `--segments_info_column` their `segments_info` ({"id", "category_id", "iscrowd"}), as the
+COCO-panoptic datasets on the Hub; `--stuff_classes` names the stuff classes (one segment each, fused at inference).
+Targets are one binary mask + class per non-crowd segment, as the original's panoptic dataset mappers build them, and
+`--recipe paper` is the COCO panoptic recipe (its augmentation, step schedule and loss weights; see
+`hf_segmodels.training.panoptic` and `recipes.MASKFORMER_PANOPTIC_RECIPE`). Validation reports PQ / SQ / RQ.
+`--task instance`: the same layout, or instance-id maps / lists of instance masks with `--instance_classes_column` (one
+class per instance); validation reports COCO-style mask AP.
+
+    accelerate launch examples/train.py --task panoptic --model_type maskformer --config_name swin-base \
+        --dataset_name ./coco_panoptic --id2label coco133.json --category_map coco_ids.json \
+        --stuff_classes $(seq 80 132) --per_device_train_batch_size 8 --max_train_steps 554400 --output_dir out
 """
 
 import argparse
@@ -27,6 +41,7 @@ import shlex
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,10 +72,28 @@ from hf_segmodels.training.data import (
     load_streaming_splits,
     resolve_id2label,
 )
-from hf_segmodels.protocol import protocol_from_training_crop
+from hf_segmodels.protocol import TestProtocol, protocol_from_training_crop
 from hf_segmodels.training.evaluation import evaluate_semantic, format_table, metrics_to_json
 from hf_segmodels.training.model_card import render_training_card
-from hf_segmodels.training.recipes import PAPER_RECIPES, build_optimizer, build_scheduler
+from hf_segmodels.training.panoptic import (
+    COCO_CROP_MIN_SIZES,
+    COCO_CROP_SIZE_RANGE,
+    COCO_MAX_SIZE,
+    COCO_MIN_SIZES,
+    PANOPTIC_SUMMARY,
+    PanopticAugmentation,
+    PanopticSamples,
+    PanopticTrainSamples,
+    class_ids,
+    collate_panoptic,
+    evaluate_instances,
+    evaluate_panoptic,
+    mask_ap_to_json,
+    panoptic_metrics_to_json,
+    percent,
+    read_category_map,
+)
+from hf_segmodels.training.recipes import MASKFORMER_PANOPTIC_RECIPE, PAPER_RECIPES, build_optimizer, build_scheduler
 from hf_segmodels.training.registry import (
     ARCHITECTURE_NAMES,
     build_config,
@@ -92,6 +125,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "dataset has that split (otherwise no validation runs); 'none' to skip.")
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", default="annotation")
+    data.add_argument("--task", choices=["semantic", "panoptic", "instance"], default="semantic",
+                      help="panoptic / instance: MaskFormer trained on segments (see above).")
+    data.add_argument("--segments_info_column", default="segments_info", help="--task panoptic|instance: the "
+                      "segments_info column ({id, category_id, iscrowd} per segment of the label map).")
+    data.add_argument("--instance_classes_column", default="classes", help="--task instance without segments_info: "
+                      "one class id per instance (ids 1..N of an instance-id map, or a list of N masks).")
+    data.add_argument("--stuff_classes", nargs="+", default=[], help="--task panoptic: stuff class ids or names.")
+    data.add_argument("--category_map", help="JSON {dataset category_id: class index} (e.g. COCO's 1..200 -> 0..132).")
+    data.add_argument("--min_size_train", type=int, nargs="+", help="--task panoptic|instance: shorter-side sizes of "
+                      "the resize (default: COCO's 480 ... 800).")
+    data.add_argument("--max_size_train", type=int, help="Longest side of that resize (default 1333).")
+    data.add_argument("--crop_min_sizes", type=int, nargs="+", help="Shorter-side sizes before the random crop "
+                      "(default 400 500 600).")
+    data.add_argument("--crop_size_range", type=int, nargs=2, metavar=("MIN", "MAX"),
+                      help="Side range of the random crop (default 384 600).")
+    data.add_argument("--object_mask_threshold", type=float, default=0.8, help="--task panoptic evaluation: keep "
+                      "queries whose class probability exceeds this (COCO config: 0.8).")
+    data.add_argument("--overlap_threshold", type=float, default=0.8, help="--task panoptic evaluation: minimum "
+                      "visible fraction of a query's mask (COCO config: 0.8).")
     data.add_argument("--do_reduce_labels", action="store_true", help="0 -> 255 (ignored), k -> k - 1 (ADE20K).")
     data.add_argument("--id2label", help="JSON file or text with the class names {id: name}.")
     data.add_argument("--crop_size", type=int, nargs="+", help="Training crop (H [W]); default: the config's "
@@ -135,6 +187,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--resume_from_checkpoint", help="'latest' (in --output_dir) or a step_<N> folder.")
     run.add_argument("--report_to", default="all", help="'all', 'none', or trackers such as 'tensorboard'.")
     run.add_argument("--logging_steps", type=int, default=10)
+    run.add_argument("--eval_steps", type=int, help="Also evaluate every N optimiser steps (eval_log.jsonl).")
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id")
     run.add_argument("--hub_token")
@@ -155,6 +208,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--streaming needs --max_train_steps (a stream has no known length to count epochs in).")
     if args.checkpointing_steps is not None and args.checkpointing_steps < 1:
         parser.error("--checkpointing_steps must be >= 1.")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        parser.error("--eval_steps must be >= 1.")
+    if args.task != "semantic":
+        if args.streaming:
+            parser.error(f"--streaming supports --task semantic only, not --task {args.task}.")
+        if args.model_type not in (None, "maskformer"):
+            parser.error(f"--task {args.task} trains MaskFormer (mask classification); --model_type {args.model_type} "
+                         "is a per-pixel model: use --task semantic.")
     return args
 
 
@@ -246,8 +307,10 @@ def base_scale_of(args, processor, crop_size) -> tuple[int, int]:
 
 
 def recipe_of(args, architecture):
-    """The paper's recipe with every explicitly given flag applied on top."""
-    recipe = PAPER_RECIPES[architecture.name].for_dataset(args.dataset_name)
+    """The paper's recipe (MaskFormer's COCO panoptic one for --task panoptic|instance) with every explicitly given
+    flag applied on top."""
+    base = MASKFORMER_PANOPTIC_RECIPE if args.task != "semantic" else PAPER_RECIPES[architecture.name]
+    recipe = base.for_dataset(args.dataset_name)
     overrides = {
         "optimizer": args.optimizer,
         "learning_rate": args.learning_rate,
@@ -261,6 +324,41 @@ def recipe_of(args, architecture):
         "max_grad_norm": args.max_grad_norm,
     }
     return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def segment_columns(args, splits) -> tuple[str | None, str | None]:
+    """(segments_info column, per-instance classes column) of a panoptic / instance dataset: one of them is None."""
+    names = splits[args.train_split].column_names if args.train_split in splits else []
+    if args.segments_info_column in names:
+        return args.segments_info_column, None
+    if args.task == "instance" and args.instance_classes_column in names:
+        return None, args.instance_classes_column
+    wanted = f"--segments_info_column {args.segments_info_column!r}"
+    if args.task == "instance":
+        wanted += f" or --instance_classes_column {args.instance_classes_column!r}"
+    raise ValueError(f"--task {args.task} needs the segments of each label map: the {args.train_split!r} split has no "
+                     f"column {wanted}; its columns: {names}.")
+
+
+def panoptic_augmentation(args, processor) -> PanopticAugmentation:
+    """The COCO panoptic augmentation of the paper's configs, each size overridable."""
+    return PanopticAugmentation(
+        image_mean=tuple(processor.image_mean),
+        image_std=tuple(processor.image_std),
+        min_sizes=tuple(args.min_size_train or COCO_MIN_SIZES),
+        max_size=args.max_size_train or COCO_MAX_SIZE,
+        crop_min_sizes=tuple(args.crop_min_sizes or COCO_CROP_MIN_SIZES),
+        crop_size_range=tuple(args.crop_size_range or COCO_CROP_SIZE_RANGE),
+    )
+
+
+def augmentation_text(args, augmentation, crop_size) -> str:
+    if args.task == "semantic":
+        return f"crop {crop_size[0]}x{crop_size[1]}"
+    return (f"flip, shorter side {min(augmentation.min_sizes)}-{max(augmentation.min_sizes)} (longer <= "
+            f"{augmentation.max_size}), with p {augmentation.crop_prob:g} first resized to "
+            f"{'/'.join(map(str, augmentation.crop_min_sizes))} and cropped to "
+            f"{augmentation.crop_size_range[0]}-{augmentation.crop_size_range[1]} px")
 
 
 class TrainingError(RuntimeError):
@@ -355,6 +453,10 @@ def main(argv=None):
     else:
         splits = load_splits(args.dataset_name, args.dataset_config_name)
         split_of = get_split
+    segments_column = classes_column = None
+    if args.task != "semantic":
+        segments_column, classes_column = segment_columns(args, splits)
+        columns += (segments_column or classes_column,)
     train_split = split_of(splits, args.train_split, columns)
     if args.validation_split is None:
         args.validation_split = "validation" if "validation" in splits else "none"
@@ -391,8 +493,11 @@ def main(argv=None):
         logger.warning("SyncBatchNorm needs GPUs; CPU processes keep per-process BatchNorm statistics.",
                        main_process_only=True)
 
+    if args.task != "semantic" and architecture.name != "maskformer":
+        raise ValueError(f"--task {args.task} trains MaskFormer (mask classification), not {architecture.name}.")
+    stuff_ids = class_ids(args.stuff_classes, id2label)
     crop_size = crop_size_of(args, model.config)
-    augmentation = TrainAugmentation(
+    augmentation = None if args.task != "semantic" else TrainAugmentation(
         crop_size=crop_size,
         scale=base_scale_of(args, processor, crop_size),
         image_mean=tuple(processor.image_mean),
@@ -402,7 +507,35 @@ def main(argv=None):
         photometric=not args.no_photometric_distortion,
     )
     num_labels = len(id2label)
-    if args.streaming:
+    eval_samples = None
+    if args.task != "semantic":
+        augmentation = panoptic_augmentation(args, processor)
+        if args.model_name_or_path is None and args.image_processor_name is None:
+            # detectron2's test size: the largest training shorter side (COCO: 800, longest side 1333)
+            processor.size = {"shortest_edge": max(augmentation.min_sizes), "longest_edge": augmentation.max_size}
+        processor.label_ids_to_fuse = stuff_ids if args.task == "panoptic" else None
+        category_map = read_category_map(args.category_map)
+
+        def panoptic_samples(split, name):
+            return PanopticSamples(split, args.image_column, args.label_column, num_labels, name,
+                                   segments_column=segments_column, classes_column=classes_column,
+                                   category_map=category_map)
+
+        train_samples = panoptic_samples(train_split, args.train_split)
+        sampler = EpochSampler(len(train_samples), seed=args.seed, shuffle=True)
+        size_divisibility = getattr(model.config, "size_divisibility", 32) or 1
+        train_loader = torch.utils.data.DataLoader(
+            PanopticTrainSamples(train_samples, augmentation, args.seed, stuff_ids),
+            batch_sampler=torch.utils.data.BatchSampler(sampler, args.per_device_train_batch_size, drop_last=True),
+            collate_fn=partial(collate_panoptic, size_divisibility=size_divisibility),
+            num_workers=args.dataloader_num_workers,
+            generator=dataloader_generator(args.seed),
+        )
+        check_first_examples(train_samples)
+        if validation_split is not None:
+            eval_samples = panoptic_samples(validation_split, args.validation_split)
+            check_first_examples(eval_samples)
+    elif args.streaming:
         train_samples = StreamingSamples(train_split, args.image_column, args.label_column, num_labels,
                                          args.do_reduce_labels, args.train_split)
         train_samples.check_first()
@@ -425,14 +558,14 @@ def main(argv=None):
             num_workers=args.dataloader_num_workers,
             generator=dataloader_generator(args.seed),
         )
-        if len(train_loader) == 0:
-            raise ValueError(
-                f"The {args.train_split!r} split has {len(train_samples)} examples, fewer than one batch of "
-                f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
-            )
         check_first_examples(train_samples)
+    if not args.streaming and len(train_loader) == 0:
+        raise ValueError(
+            f"The {args.train_split!r} split has {len(train_samples)} examples, fewer than one batch of "
+            f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
+        )
     eval_loader = None
-    if validation_split is not None:
+    if validation_split is not None and args.task == "semantic":
         if args.streaming:
             eval_stream = StreamingSamples(validation_split, args.image_column, args.label_column, num_labels,
                                            args.do_reduce_labels, args.validation_split)
@@ -502,10 +635,34 @@ def main(argv=None):
     epochs = "" if args.streaming else f", {num_epochs} epochs"
     accelerator.print(
         f"Training {architecture.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) on "
-        f"{examples} examples: {args.max_train_steps} steps{epochs}, global batch {total_batch}, "
-        f"crop {crop_size}, recipe {recipe.optimizer} lr {recipe.learning_rate:g} wd {recipe.weight_decay:g} "
-        f"poly {recipe.power:g} warmup {recipe.warmup_steps}"
+        f"{examples} examples ({args.task}): {args.max_train_steps} steps{epochs}, global batch {total_batch}, "
+        f"{augmentation_text(args, augmentation, crop_size)}, recipe {recipe.describe()}"
     )
+
+    def evaluate(description: str) -> tuple[dict, dict]:
+        """Validation metrics (JSON form for all_results.json / the card) and their scalar summary (for logs)."""
+        if args.task == "semantic":
+            results = evaluate_semantic(model, eval_loader, accelerator, num_labels, description=description)
+            results_json = metrics_to_json(results, id2label)
+            accelerator.print(format_table(results, id2label))
+            keys = ("mean_iou", "mean_accuracy", "overall_accuracy")
+        elif args.task == "panoptic":
+            results = evaluate_panoptic(model, processor, eval_samples, accelerator, stuff_ids=stuff_ids,
+                                        object_mask_threshold=args.object_mask_threshold,
+                                        overlap_threshold=args.overlap_threshold, description=description)
+            results_json = panoptic_metrics_to_json(results, id2label)
+            accelerator.print(
+                "  ".join(f"{name} {percent(results_json[key])}" for key, name in PANOPTIC_SUMMARY.items()
+                          if key in results_json)
+            )
+            keys = tuple(PANOPTIC_SUMMARY)
+        else:
+            results = evaluate_instances(model, processor, eval_samples, accelerator, description=description)
+            results_json = mask_ap_to_json(results, id2label)
+            accelerator.print(f"mask AP {percent(results_json['mask_ap'])}  AP50 {percent(results_json['mask_ap50'])}  "
+                              f"AP75 {percent(results_json['mask_ap75'])}")
+            keys = ("mask_ap", "mask_ap50", "mask_ap75")
+        return results_json, {key: results_json[key] for key in keys if results_json.get(key) is not None}
 
     def training_state(epoch: int, batches_in_epoch: int) -> dict:
         return {
@@ -520,9 +677,11 @@ def main(argv=None):
             "model_type": architecture.name,
         }
 
-    log_path = output_dir / "train_log.jsonl"
+    log_path, eval_log_path = output_dir / "train_log.jsonl", output_dir / "eval_log.jsonl"
     if accelerator.is_main_process and checkpoint is not None:
         truncate_log(log_path, completed_steps)
+        truncate_log(eval_log_path, completed_steps)
+    evaluates = eval_loader is not None or eval_samples is not None
     progress = tqdm(total=args.max_train_steps, initial=completed_steps, desc="training",
                     disable=not accelerator.is_local_main_process)
     last_saved = completed_steps if checkpoint is not None else None
@@ -569,6 +728,17 @@ def main(argv=None):
                         handle.write(json.dumps(record) + "\n")
                 if trackers and completed_steps % args.logging_steps == 0:
                     accelerator.log({"train_loss": mean_loss, "lr": record["lr"][0]}, step=completed_steps)
+                if evaluates and args.eval_steps and completed_steps % args.eval_steps == 0 \
+                        and completed_steps < args.max_train_steps:
+                    # evaluation draws no random numbers of the training run (so resuming stays bit-identical)
+                    rng_state = torch.get_rng_state()
+                    _, summary = evaluate(f"validation (step {completed_steps})")
+                    torch.set_rng_state(rng_state)
+                    if accelerator.is_main_process:
+                        with open(eval_log_path, "a") as handle:
+                            handle.write(json.dumps({"step": completed_steps, **summary}) + "\n")
+                    if trackers:
+                        accelerator.log({f"eval_{k}": v for k, v in summary.items()}, step=completed_steps)
                 if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
                     save_checkpoint(accelerator, output_dir, completed_steps, training_state(epoch, batch_index + 1))
                     last_saved = completed_steps
@@ -591,23 +761,30 @@ def main(argv=None):
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         # The checkpoint records how to test it: sliding windows of the training crop on images resized like the
-        # processor's test size (infer_logits, pipeline() and evaluate.py follow it).
-        unwrapped.config.test_protocol = protocol_from_training_crop(crop_size, processor).to_dict()
+        # processor's test size (infer_logits, pipeline() and evaluate.py follow it); panoptic / instance models are
+        # tested on whole images as the original's panoptic inference.
+        if args.task == "semantic":
+            protocol = protocol_from_training_crop(crop_size, processor)
+        else:
+            protocol = TestProtocol(mode="whole", resize={k: v for k, v in processor.size.items() if v is not None},
+                                    size_divisor=getattr(processor, "size_divisor", None), task=args.task,
+                                    source=f"examples/train.py --task {args.task}: whole-image inference")
+        unwrapped.config.test_protocol = protocol.to_dict()
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     results_json = None
-    if eval_loader is not None:
-        results = evaluate_semantic(model, eval_loader, accelerator, num_labels, description="validation")
-        results_json = metrics_to_json(results, id2label)
-        accelerator.print(format_table(results, id2label))
+    if evaluates:
+        results_json, summary = evaluate("validation")
+        if accelerator.is_main_process and args.eval_steps:
+            with open(eval_log_path, "a") as handle:
+                handle.write(json.dumps({"step": completed_steps, **summary}) + "\n")
         if trackers:
-            accelerator.log({f"eval_{k}": results_json[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy")
-                             if results_json[k] is not None}, step=completed_steps)
+            accelerator.log({f"eval_{k}": v for k, v in summary.items()}, step=completed_steps)
     elif accelerator.is_main_process:
         accelerator.print("No validation split: the model is saved without evaluation.")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        all_results = {"train_steps": completed_steps, "train_seconds": round(train_seconds, 2),
+        all_results = {"task": args.task, "train_steps": completed_steps, "train_seconds": round(train_seconds, 2),
                        "num_processes": accelerator.num_processes}
         if results_json is not None:
             all_results.update({f"eval_{k}": v for k, v in results_json.items()})
@@ -620,11 +797,11 @@ def main(argv=None):
             dataset=args.dataset_name,
             split=args.validation_split,
             metrics=results_json,
-            recipe=f"{recipe.optimizer} lr {recipe.learning_rate:g}, weight decay {recipe.weight_decay:g}, poly power "
-                   f"{recipe.power:g}, warmup {recipe.warmup_steps} ({recipe.source})",
+            recipe=f"{recipe.describe()} ({recipe.source})",
             steps=completed_steps,
             batch_size=total_batch,
-            crop_size=crop_size,
+            augmentation=augmentation_text(args, augmentation, crop_size),
+            task=args.task,
             seed=args.seed,
             command="accelerate launch examples/train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             base_model=args.model_name_or_path,

@@ -29,7 +29,7 @@ A converted (or trained) checkpoint stores, as a plain dict in `config.json`, ho
 from dataclasses import asdict, dataclass
 
 _MODES = ("whole", "slide")
-_TASKS = ("semantic", "panoptic")
+_TASKS = ("semantic", "panoptic", "instance")
 _RESIZE_FORMS = ({"shortest_edge", "longest_edge"}, {"shortest_edge"}, {"height", "width"})
 
 

@@ -1,5 +1,5 @@
 """Model card of a model trained with `examples/train.py`, with the measured validation metrics in its metadata
-(`model-index`) and in a table."""
+(`model-index`) and in a table: mIoU / aAcc / mAcc (semantic), PQ / SQ / RQ (panoptic) or mask AP (instance)."""
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -11,7 +11,7 @@ _TEMPLATE = """---
 
 # {{ model_name }}
 
-{{ title }} semantic segmentation model with {{ num_labels }} classes, trained with
+{{ title }} {{ task }} segmentation model with {{ num_labels }} classes, trained with
 [hf_segmodels](https://github.com/hf-segmodels/hf_segmodels)' `examples/train.py` on `{{ dataset }}`.
 
 ## Results
@@ -21,17 +21,25 @@ _TEMPLATE = """---
 ## Training
 
 - Recipe: {{ recipe }}
-- Steps: {{ steps }} (global batch size {{ batch_size }}), crop {{ crop_size }}, seed {{ seed }}
+- Steps: {{ steps }} (global batch size {{ batch_size }}), seed {{ seed }}
+- Augmentation: {{ augmentation }}
 - Command: `{{ command }}`
 
 ## Usage
 
 ```python
 import hf_segmodels  # registers the architectures with transformers' Auto classes
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoImageProcessor, {{ auto_class }}
 
-model = AutoModelForSemanticSegmentation.from_pretrained("{{ repo_id }}")
+model = {{ auto_class }}.from_pretrained("{{ repo_id }}")
 processor = AutoImageProcessor.from_pretrained("{{ repo_id }}")
+{%- if task == "panoptic" %}
+# segments: processor.post_process_panoptic_segmentation(model(**processor(image, return_tensors="pt")),
+#                                                        threshold=0.8, target_sizes=[image.size[::-1]])
+{%- elif task == "instance" %}
+# instances: processor.post_process_instance_segmentation(model(**processor(image, return_tensors="pt")),
+#                                                         target_sizes=[image.size[::-1]])
+{%- endif %}
 ```
 {% if bibtex %}
 ## Citation
@@ -40,6 +48,17 @@ processor = AutoImageProcessor.from_pretrained("{{ repo_id }}")
 {{ bibtex }}
 ```
 {% endif %}"""
+
+
+# per task: the summary metrics {key: name}, the per-class entry (key, row label) and how predictions were made
+_SUMMARY = {
+    "semantic": ({"mean_iou": "mIoU", "overall_accuracy": "aAcc", "mean_accuracy": "mAcc"}, ("per_category_iou", "IoU"),
+                 "whole-image inference"),
+    "panoptic": ({"pq": "PQ", "sq": "SQ", "rq": "RQ", "pq_things": "PQ things", "pq_stuff": "PQ stuff"},
+                 ("per_class", "PQ"), "post_process_panoptic_segmentation, stuff classes fused"),
+    "instance": ({"mask_ap": "mask AP", "mask_ap50": "mask AP50", "mask_ap75": "mask AP75"}, ("per_class_ap", "AP"),
+                 "post_process_instance_segmentation, COCO-style mask AP over IoU 0.50:0.95"),
+}
 
 
 def render_training_card(
@@ -54,17 +73,19 @@ def render_training_card(
     recipe: str,
     steps: int,
     batch_size: int,
-    crop_size: tuple[int, int],
+    augmentation: str,
     seed: int,
     command: str,
     base_model: str | None = None,
+    task: str = "semantic",
 ) -> ModelCard:
-    """`metrics`: the JSON form of the validation metrics (`metrics_to_json`), or None when not evaluated."""
+    """`metrics`: the JSON form of the validation metrics (`metrics_to_json`, `panoptic_metrics_to_json` or
+    `mask_ap_to_json` for `task` semantic / panoptic / instance), or None when not evaluated."""
     info = ARCHITECTURES.get(architecture, {})
     eval_results = None
     results = "Not evaluated (no validation split)."
     if metrics is not None:
-        names = {"mean_iou": "mIoU", "overall_accuracy": "aAcc", "mean_accuracy": "mAcc"}
+        names, per_class, how = _SUMMARY[task]
         eval_results = [
             EvalResult(
                 task_type="image-segmentation", dataset_type=dataset, dataset_name=dataset, dataset_split=split,
@@ -73,11 +94,11 @@ def render_training_card(
             for key, label in names.items() if metrics.get(key) is not None
         ]
         rows = [f"| {label} | {100 * metrics[key]:.2f} |" for key, label in names.items() if metrics.get(key) is not None]
-        rows += [
-            f"| IoU {name} | {'nan' if value is None else f'{100 * value:.2f}'} |"
-            for name, value in metrics["per_category_iou"].items()
-        ]
-        results = f"On the `{split}` split (whole-image inference):\n\n| metric | value (%) |\n|---|---|\n" + "\n".join(rows)
+        key, label = per_class
+        for name, value in metrics[key].items():
+            value = value.get("pq") if isinstance(value, dict) else value
+            rows.append(f"| {label} {name} | {'nan' if value is None else f'{100 * value:.2f}'} |")
+        results = f"On the `{split}` split ({how}):\n\n| metric | value (%) |\n|---|---|\n" + "\n".join(rows)
     card_data = ModelCardData(
         library_name="hf_segmodels",
         pipeline_tag="image-segmentation",
@@ -99,7 +120,9 @@ def render_training_card(
         recipe=recipe,
         steps=steps,
         batch_size=batch_size,
-        crop_size=f"{crop_size[0]}x{crop_size[1]}",
+        augmentation=augmentation,
+        task=task,
+        auto_class="AutoModelForSemanticSegmentation" if task == "semantic" else "AutoModelForUniversalSegmentation",
         seed=seed,
         command=command,
         repo_id=repo_id,

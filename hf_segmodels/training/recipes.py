@@ -16,7 +16,9 @@ class Recipe:
     embeddings (position embeddings, tokens, queries) no weight decay. The learning rate follows
     `(lr - min_lr) * (1 - step / total) ** power + min_lr`, multiplied during the first `warmup_steps` by a linear ramp
     from `warmup_ratio` to 1 (mmcv's linear warmup). `lr_by_dataset` overrides `learning_rate` when the dataset name
-    contains the key (SETR's Cityscapes models use 1e-2)."""
+    contains the key (SETR's Cityscapes models use 1e-2). `schedule="step"` replaces the polynomial decay by
+    detectron2's `WarmupMultiStepLR`: the rate is multiplied by `gamma` at each of `milestones` (fractions of the
+    schedule, e.g. MaskFormer's COCO step at 369600 of 554400 iterations = 2/3)."""
 
     optimizer: str
     learning_rate: float
@@ -32,7 +34,19 @@ class Recipe:
     no_decay_norm_and_embeddings: bool = False
     max_grad_norm: float | None = None
     lr_by_dataset: dict[str, float] = field(default_factory=dict)
+    schedule: str = "poly"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
     source: str = ""
+
+    def describe(self) -> str:
+        """One line for logs and model cards."""
+        if self.schedule == "step":
+            decay = f"step x{self.gamma:g} at {', '.join(f'{m:.3g}' for m in self.milestones)} of the schedule"
+        else:
+            decay = f"poly power {self.power:g}"
+        return (f"{self.optimizer} lr {self.learning_rate:g}, weight decay {self.weight_decay:g}, {decay}, warmup "
+                f"{self.warmup_steps}")
 
     def for_dataset(self, dataset_name: str | None) -> "Recipe":
         name = (dataset_name or "").lower()
@@ -68,6 +82,19 @@ PAPER_RECIPES: dict[str, Recipe] = {
         source="MaskFormer (configs/ade20k-150/maskformer_R50_bs16_160k.yaml, Base-ADE20K-150.yaml)",
     ),
 }
+
+# facebookresearch/MaskFormer, configs/coco-panoptic/Base-COCO-PanopticSegmentation.yaml (+ maskformer_panoptic_R50_
+# bs64_554k.yaml, detectron2's config defaults): AdamW lr 1e-4, wd 1e-4 (0 on norms: WEIGHT_DECAY_NORM 0.0, and on
+# embeddings: WEIGHT_DECAY_EMBED 0.0), BACKBONE_MULTIPLIER 0.1, full-model gradient clipping at norm 0.01,
+# WarmupMultiStepLR (detectron2's default LR_SCHEDULER_NAME) with GAMMA 0.1 at STEPS 369600 of MAX_ITER 554400 and
+# WARMUP_ITERS 10 at WARMUP_FACTOR 1.0 (a constant factor 1: no warmup), IMS_PER_BATCH 64. The loss weights (MASK_FORMER.
+# NO_OBJECT_WEIGHT 0.1, MASK_WEIGHT 20, DICE_WEIGHT 1, DEEP_SUPERVISION) are MaskFormerConfig's defaults.
+MASKFORMER_PANOPTIC_RECIPE = Recipe(
+    optimizer="adamw", learning_rate=1e-4, weight_decay=1e-4, backbone_lr_multiplier=0.1,
+    no_decay_norm_and_embeddings=True, max_grad_norm=0.01, schedule="step", milestones=(369600 / 554400,), gamma=0.1,
+    source="MaskFormer COCO panoptic (configs/coco-panoptic/Base-COCO-PanopticSegmentation.yaml, "
+           "maskformer_panoptic_R50_bs64_554k.yaml; 554400 iterations at batch 64)",
+)
 
 _NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm, torch.nn.LocalResponseNorm)
 
@@ -121,7 +148,11 @@ def build_optimizer(model: torch.nn.Module, recipe: Recipe, backbone_prefixes: t
 def poly_factor(step: int, total_steps: int, base_lr: float, recipe: Recipe) -> float:
     """Learning rate at `step` (0-based optimiser step) as a fraction of the group's `base_lr`."""
     progress = min(step, total_steps) / max(total_steps, 1)
-    lr = (base_lr - recipe.min_lr) * (1.0 - progress) ** recipe.power + recipe.min_lr
+    if recipe.schedule == "step":
+        # detectron2's milestones are iteration numbers: the decay applies from step round(fraction * total) on
+        lr = base_lr * recipe.gamma ** sum(step >= round(m * total_steps) for m in recipe.milestones)
+    else:
+        lr = (base_lr - recipe.min_lr) * (1.0 - progress) ** recipe.power + recipe.min_lr
     if recipe.warmup_steps > 0 and step < recipe.warmup_steps:
         lr *= 1.0 - (1.0 - step / recipe.warmup_steps) * (1.0 - recipe.warmup_ratio)
     return lr / base_lr if base_lr > 0 else 0.0
