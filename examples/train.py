@@ -50,6 +50,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers.image_utils import SizeDict
 
 import hf_segmodels  # noqa: F401  (registers the architectures)
 from hf_segmodels.hub import TRAINING_STATE_PATTERNS
@@ -512,8 +513,12 @@ def main(argv=None):
         augmentation = panoptic_augmentation(args, processor)
         if args.model_name_or_path is None and args.image_processor_name is None:
             # detectron2's test size: the largest training shorter side (COCO: 800, longest side 1333)
-            processor.size = {"shortest_edge": max(augmentation.min_sizes), "longest_edge": augmentation.max_size}
+            processor.size = SizeDict(shortest_edge=max(augmentation.min_sizes), longest_edge=augmentation.max_size)
         processor.label_ids_to_fuse = stuff_ids if args.task == "panoptic" else None
+        if args.task == "panoptic":
+            # pipeline() and post_process_panoptic_segmentation use these when their caller gives none
+            processor.object_mask_threshold = args.object_mask_threshold
+            processor.overlap_threshold = args.overlap_threshold
         category_map = read_category_map(args.category_map)
 
         def panoptic_samples(split, name):
@@ -766,8 +771,9 @@ def main(argv=None):
         if args.task == "semantic":
             protocol = protocol_from_training_crop(crop_size, processor)
         else:
-            protocol = TestProtocol(mode="whole", resize={k: v for k, v in processor.size.items() if v is not None},
-                                    size_divisor=getattr(processor, "size_divisor", None), task=args.task,
+            # (MaskFormer's own size_divisor is its batch padding, recorded in its config, not an aligned resize)
+            resize = {key: value for key, value in dict(processor.size).items() if value is not None}
+            protocol = TestProtocol(mode="whole", resize=resize, task=args.task,
                                     source=f"examples/train.py --task {args.task}: whole-image inference")
         unwrapped.config.test_protocol = protocol.to_dict()
         unwrapped.save_pretrained(output_dir)

@@ -219,7 +219,8 @@ def apply_test_protocol(model, image_processor, protocol: "TestProtocol | dict |
         from transformers.image_utils import SizeDict
 
         image_processor.size = SizeDict(**protocol.resize)  # the type the processor's own __init__ gives `size`
-    if hasattr(image_processor, "size_divisor"):
+    if hasattr(image_processor, "size_divisor") and model.config.model_type != "segmodels_maskformer":
+        # SegFormer's aligned resize; MaskFormer's `size_divisor` is its batch padding, set from the release config
         image_processor.size_divisor = protocol.size_divisor
 
 
