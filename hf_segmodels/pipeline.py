@@ -63,7 +63,12 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
         if not self._uses_class_scores(subtask):
             return super()._forward(model_inputs)
         target_size = model_inputs.pop("target_size")
-        logits = infer_logits(self.model, model_inputs["pixel_values"], protocol=protocol)
+        pixel_values = model_inputs["pixel_values"]
+        if "pixel_mask" in model_inputs:
+            # A padding processor (MaskFormer): the image's own extent; full_resolution_logits pads as the original.
+            mask = model_inputs["pixel_mask"][0]
+            pixel_values = pixel_values[..., : int(mask.any(1).sum()), : int(mask.any(0).sum())]
+        logits = infer_logits(self.model, pixel_values, protocol=protocol)
         return {"protocol_scores": SemanticSegmenterOutput(logits=logits), "target_size": target_size}
 
     def postprocess(self, model_outputs, subtask=None, **kwargs):
