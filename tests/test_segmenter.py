@@ -166,7 +166,7 @@ def test_save_pretrained_writes_auto_map_for_remote_code(tmp_path):
         "AutoModelForSemanticSegmentation": "modeling_segmenter.SegmenterForSemanticSegmentation",
     }
     processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_segmenter.SegmenterImageProcessor"}
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_segmenter.SegmodelsSegmenterImageProcessor"}
     for name in ("modeling_segmenter.py", "configuration_segmenter.py", "layers.py", "image_processing.py"):
         code = (tmp_path / name).read_text()
         assert "from .." not in code, name

@@ -17,7 +17,7 @@ OWN_ENCODERS = ("segmodels_segformer", "segmodels_segmenter", "segmodels_setr")
 
 
 @strict
-class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`MaskFormerForUniversalSegmentation`]: a backbone, an FPN pixel decoder producing 1/4-resolution
     per-pixel embeddings, a DETR transformer decoder over the backbone's last feature map, a class head (num_labels + 1
@@ -175,4 +175,9 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
                 )
 
 
-__all__ = ["MaskFormerConfig"]
+# transformers' Auto classes look classes up by *name* (`_LazyAutoMapping`): a class named like one of transformers'
+# would resolve to transformers' models (e.g. `AutoModel` -> its MaskFormerModel with random weights). The class therefore
+# has a name of its own; the public name of DESIGN.md is an alias.
+MaskFormerConfig = SegmodelsMaskFormerConfig
+
+__all__ = ["MaskFormerConfig", "SegmodelsMaskFormerConfig"]

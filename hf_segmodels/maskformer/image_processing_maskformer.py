@@ -116,7 +116,7 @@ class MaskFormerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=Fal
     label_ids_to_fuse: list[int] | None
 
 
-class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
+class SegmodelsMaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     r"""Image processor of MaskFormer (PIL backend, no torchvision), following the original (facebookresearch/
     MaskFormer on detectron2) end to end.
 
@@ -463,4 +463,12 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         return results
 
 
-__all__ = ["MaskFormerImageProcessor", "convert_segmentation_map_to_binary_masks", "resize_mask_logits"]
+# A saved `preprocessor_config.json` names the class in "image_processor_type", and transformers resolves that name
+# (its own classes first when hf_segmodels is not imported). The class has a name of its own so that a saved folder
+# loads as this class (with hf_segmodels imported, or through `auto_map` with `trust_remote_code=True`) and never as
+# transformers' `MaskFormerImageProcessor`; the public name of DESIGN.md is an alias.
+MaskFormerImageProcessor = SegmodelsMaskFormerImageProcessor
+SegmodelsMaskFormerImageProcessorKwargs = MaskFormerImageProcessorKwargs  # the name transformers looks for
+
+
+__all__ = ["MaskFormerImageProcessor", "SegmodelsMaskFormerImageProcessor", "convert_segmentation_map_to_binary_masks", "resize_mask_logits"]
