@@ -55,3 +55,68 @@ class ImageProcessingTester(image_processing_common.ImageProcessingTester):
 
     def _get_image_processing_classes(self):
         return {"pil": self._image_processing_class}
+
+
+class ViTSegmentationModelTester:
+    """A tester in the style of transformers' `ViTModelTester` for our two plain-ViT models (Segmenter, SETR):
+    tiny encoder (2 layers), 32 x 32 images in 8 x 8 patches, a CLS token (sequence of 16 + 1 tokens)."""
+
+    def __init__(self, parent, config_class, model_class, batch_size=13, image_size=32, patch_size=8,
+                 num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 num_labels=3, **config_kwargs):  # fmt: skip
+        self.parent = parent
+        self.config_class, self.model_class = config_class, model_class
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.num_labels = num_labels
+        self.config_kwargs = config_kwargs
+        self.is_training = True
+        self.seq_length = (image_size // patch_size) ** 2 + 1  # patches + CLS
+
+    def get_config(self):
+        return self.config_class(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_channels=self.num_channels,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            num_labels=self.num_labels,
+            drop_path_rate=0.0,
+            **self.config_kwargs,
+        )
+
+    def prepare_config_and_inputs(self):
+        import torch
+
+        pixel_values = torch.randn(self.batch_size, self.num_channels, self.image_size, self.image_size)
+        labels = torch.randint(0, self.num_labels, (self.batch_size, self.image_size, self.image_size))
+        return self.get_config(), pixel_values, labels
+
+    def prepare_config_and_inputs_for_common(self):
+        config, pixel_values, _ = self.prepare_config_and_inputs()
+        return config, {"pixel_values": pixel_values}
+
+    def create_and_check_for_image_segmentation(self, config, pixel_values, labels):
+        model = self.model_class(config).eval()
+        result = model(pixel_values, labels=labels)
+        self.parent.assertEqual(result.logits.shape[:2], (self.batch_size, self.num_labels))
+        self.parent.assertGreater(result.loss, 0.0)
+
+    def create_and_check_for_binary_image_segmentation(self, config, pixel_values, labels):
+        import torch
+
+        config.num_labels = 1
+        model = self.model_class(config).eval()
+        labels = torch.randint(0, 2, (self.batch_size, self.image_size, self.image_size))
+        labels[:, :2] = 255
+        result = model(pixel_values, labels=labels)
+        self.parent.assertEqual(result.logits.shape[1], 1)
+        self.parent.assertGreater(result.loss, 0.0)
