@@ -77,6 +77,14 @@ class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     ```"""
 
     model_type = "segmodels_maskformer"
+    # `Trainer.evaluate` / `predict` gather every output except these: the predictions are then the semantic `logits`
+    # (B, num_labels, h, w), as for the per-pixel models (the per-query outputs differ in size between batches).
+    keys_to_ignore_at_inference = [
+        "class_queries_logits", "masks_queries_logits", "auxiliary_outputs", "auxiliary_logits",
+        "encoder_last_hidden_state", "pixel_decoder_last_hidden_state", "transformer_decoder_last_hidden_state",
+        "encoder_hidden_states", "pixel_decoder_hidden_states", "transformer_decoder_hidden_states", "hidden_states",
+        "attentions", "cross_attentions", "image_sizes", "padded_sizes",
+    ]  # fmt: skip
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(
             config_class=AutoConfig,
