@@ -1,6 +1,10 @@
 """Pieces shared by the test_common_<arch>.py files, which run transformers' common testers on our classes."""
 
+import functools
+import re
 import unittest
+
+import pytest
 
 from transformers_common import import_common
 
@@ -40,6 +44,31 @@ def skip_common_tests(reasons: dict[str, str]):
     return decorate
 
 
+# Common tests marked `slow` (run with `pytest -m slow`) so that the default suite stays within its time budget on
+# CPU: half-precision variants of the eager / SDPA comparison (CPU fp16 / bf16 kernels are slow; the fp32 variants
+# run by default), gradient checkpointing with reentrant variants, and the full output-equivalence sweep.
+SLOW_COMMON_TESTS = (
+    r"test_eager_matches_sdpa_inference_\d+_(fp16|bf16)_.*",
+    r"test_training_gradient_checkpointing_use_reentrant_.*",
+    r"test_model_outputs_equivalence",
+    r"test_bc_torch_dtype",
+)
+
+
+def mark_slow_common_tests(cls):
+    """Class decorator: marks the tests of `SLOW_COMMON_TESTS` slow (wrapped, so the mixin itself is unchanged)."""
+    for name in dir(cls):
+        if name.startswith("test_") and any(re.fullmatch(pattern, name) for pattern in SLOW_COMMON_TESTS):
+            test = getattr(cls, name)
+
+            @functools.wraps(test)
+            def wrapper(self, *args, _test=test, **kwargs):
+                return _test(self, *args, **kwargs)
+
+            setattr(cls, name, pytest.mark.slow(wrapper))
+    return cls
+
+
 class ImageProcessingTester(image_processing_common.ImageProcessingTester):
     """transformers' `ImageProcessingTester` for one of our processors.
 
@@ -61,7 +90,7 @@ class ViTSegmentationModelTester:
     """A tester in the style of transformers' `ViTModelTester` for our two plain-ViT models (Segmenter, SETR):
     tiny encoder (2 layers), 32 x 32 images in 8 x 8 patches, a CLS token (sequence of 16 + 1 tokens)."""
 
-    def __init__(self, parent, config_class, model_class, batch_size=13, image_size=32, patch_size=8,
+    def __init__(self, parent, config_class, model_class, batch_size=4, image_size=32, patch_size=8,
                  num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                  num_labels=3, **config_kwargs):  # fmt: skip
         self.parent = parent

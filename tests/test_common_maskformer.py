@@ -3,18 +3,21 @@ a tester in the style of transformers' `MaskFormerModelTester`."""
 
 import unittest
 
-import pytest
 import torch
 
-from transformers_common import SKIP_REASON, import_common
+from transformers_common import import_common
 
-modeling_common = import_common("test_modeling_common")
-if modeling_common is None:
-    pytest.skip(SKIP_REASON, allow_module_level=True)
+modeling_common = import_common("test_modeling_common")  # (skips this module when transformers' tests are unavailable)
 configuration_common = import_common("test_configuration_common")
 image_processing_common = import_common("test_image_processing_common")
 
-from common_testers import SKIPS_ALL_MODELS, SKIPS_IMAGE_PROCESSORS, ImageProcessingTester, skip_common_tests  # noqa: E402
+from common_testers import (  # noqa: E402
+    SKIPS_ALL_MODELS,
+    SKIPS_IMAGE_PROCESSORS,
+    ImageProcessingTester,
+    mark_slow_common_tests,
+    skip_common_tests,
+)
 from test_maskformer_utils import tiny_backbone, tiny_decoder  # noqa: E402
 
 from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor  # noqa: E402
@@ -70,6 +73,7 @@ class MaskFormerModelTester:
         self.parent.assertEqual(len(result.transformer_decoder_hidden_states), self.decoder_layers + 1)
 
 
+@mark_slow_common_tests
 @skip_common_tests(
     {
         **SKIPS_ALL_MODELS,

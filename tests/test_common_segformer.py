@@ -3,18 +3,21 @@ tester in the style of transformers' `SegformerModelTester`."""
 
 import unittest
 
-import pytest
 import torch
 
-from transformers_common import SKIP_REASON, import_common
+from transformers_common import import_common
 
-modeling_common = import_common("test_modeling_common")
-if modeling_common is None:
-    pytest.skip(SKIP_REASON, allow_module_level=True)
+modeling_common = import_common("test_modeling_common")  # (skips this module when transformers' tests are unavailable)
 configuration_common = import_common("test_configuration_common")
 image_processing_common = import_common("test_image_processing_common")
 
-from common_testers import SKIPS_ALL_MODELS, SKIPS_IMAGE_PROCESSORS, ImageProcessingTester, skip_common_tests  # noqa: E402
+from common_testers import (  # noqa: E402
+    SKIPS_ALL_MODELS,
+    SKIPS_IMAGE_PROCESSORS,
+    ImageProcessingTester,
+    mark_slow_common_tests,
+    skip_common_tests,
+)
 from hf_segmodels import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor  # noqa: E402
 from hf_segmodels.segformer import SegformerModel  # noqa: E402
 
@@ -22,7 +25,7 @@ floats_tensor, ids_tensor = modeling_common.floats_tensor, modeling_common.ids_t
 
 
 class SegformerModelTester:
-    def __init__(self, parent, batch_size=13, image_size=64, num_channels=3, num_encoder_blocks=4,
+    def __init__(self, parent, batch_size=3, image_size=64, num_channels=3, num_encoder_blocks=4,
                  depths=(1, 1, 1, 1), sr_ratios=(8, 4, 2, 1), hidden_sizes=(8, 8, 16, 16),
                  num_attention_heads=(1, 1, 2, 2), is_training=True, use_labels=True, num_labels=3):  # fmt: skip
         self.parent = parent
@@ -84,6 +87,7 @@ class SegformerModelTester:
         self.parent.assertGreater(result.loss, 0.0)
 
 
+@mark_slow_common_tests
 @skip_common_tests(SKIPS_ALL_MODELS)
 class SegformerModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
     all_model_classes = (SegformerModel, SegformerForSemanticSegmentation)

@@ -2,14 +2,11 @@
 
 import unittest
 
-import pytest
 import torch
 
-from transformers_common import SKIP_REASON, import_common
+from transformers_common import import_common
 
-modeling_common = import_common("test_modeling_common")
-if modeling_common is None:
-    pytest.skip(SKIP_REASON, allow_module_level=True)
+modeling_common = import_common("test_modeling_common")  # (skips this module when transformers' tests are unavailable)
 configuration_common = import_common("test_configuration_common")
 image_processing_common = import_common("test_image_processing_common")
 
@@ -18,6 +15,7 @@ from common_testers import (  # noqa: E402
     SKIPS_IMAGE_PROCESSORS,
     ImageProcessingTester,
     ViTSegmentationModelTester,
+    mark_slow_common_tests,
     skip_common_tests,
 )
 from hf_segmodels import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor  # noqa: E402
@@ -31,6 +29,7 @@ class SegmenterModelTester(ViTSegmentationModelTester):
         )  # fmt: skip
 
 
+@mark_slow_common_tests
 @skip_common_tests(SKIPS_ALL_MODELS)
 class SegmenterModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
     all_model_classes = (SegmenterForSemanticSegmentation,)

@@ -108,13 +108,18 @@ SKIP_REASON = (
 
 
 def import_common(module: str):
-    """`transformers_tests.<module>` or None when unavailable."""
+    """`transformers_tests.<module>`; skips the calling test module (one line saying why) when it is unavailable."""
+    import pytest
+
     root = ensure_transformers_tests()
     if root is None:
-        return None
+        pytest.skip(SKIP_REASON, allow_module_level=True)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return importlib.import_module(f"{PACKAGE}.{module}")
+    try:
+        return importlib.import_module(f"{PACKAGE}.{module}")
+    except ImportError as error:
+        pytest.skip(f"transformers' common tests need {error.name!r} (pip install -e '.[dev]')", allow_module_level=True)
 
 
 if __name__ == "__main__":
