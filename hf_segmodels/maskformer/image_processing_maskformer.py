@@ -135,7 +135,9 @@ class SegmodelsMaskFormerImageProcessor(SemanticSegmentationImageProcessor):
 
     Preprocessing: the shorter side resized to 512 with the longer side at most 2048 (`ResizeShortestEdge` of the
     ADE20K semantic releases; converted checkpoints carry their release's test size, e.g. 800 / 1333 for COCO
-    panoptic), pixels rescaled to [0, 1] and normalised with the ImageNet mean / std (detectron2's PIXEL_MEAN /
+    panoptic; the resized sides are rounded half up as detectron2's `ResizeShortestEdge` does, where transformers'
+    processor truncates; an integer `size` is the shorter side, as in transformers' processor), pixels rescaled to
+    [0, 1] and normalised with the ImageNet mean / std (detectron2's PIXEL_MEAN /
     PIXEL_STD / 255), then zero-padded (after normalisation, at the bottom and right) to the batch's largest size
     rounded up to a multiple of `size_divisor`, as the original's `ImageList.from_tensors(images,
     MASK_FORMER.SIZE_DIVISIBILITY)` does (32 for the semantic releases, 0 = no rounding for the panoptic ones;

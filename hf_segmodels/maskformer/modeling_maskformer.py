@@ -859,7 +859,12 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
 
     Training: pass either `labels` (B, H, W) semantic maps (255 ignored; one binary target mask per class present)
     or `mask_labels` (list of B (N_i, H, W) binary masks) + `class_labels` (list of B (N_i,) class ids) for instance
-    / panoptic training.
+    / panoptic training (these win when both are given). Works with `transformers.Trainer` out of the box (see
+    `forward` and `MaskFormerConfig.keys_to_ignore_at_inference`).
+
+    Differences from transformers' `MaskFormerForInstanceSegmentation` outputs, kept for identity with the original:
+    `auxiliary_logits` holds the prediction of each of the L decoder layers (transformers derives its L entries
+    from the decoder input and layers 1 .. L-1), and `auxiliary_outputs` the original's L - 1 `aux_outputs`.
     """
 
     def __init__(self, config: MaskFormerConfig):
