@@ -19,6 +19,19 @@ def _announce_to_pipelines(auto_class, model_type: str, model_class: type) -> No
         names.setdefault(model_type, model_class.__name__)
 
 
+def _legacy_name_class(image_processor_class: type, legacy_name: str) -> type:
+    """A subclass named `legacy_name`, the class name that folders saved before the rename carry in
+    "image_processor_type". transformers resolves that name through the registered classes first, finds this one in
+    our mapping and then loads the mapping's "pil" entry, our current class (it never instantiates this alias; an
+    instance would still save under the current name, see `RemoteCodeImageProcessorMixin.to_dict`)."""
+    return type(
+        legacy_name,
+        (image_processor_class,),
+        {"__module__": image_processor_class.__module__, "_legacy_name_of": image_processor_class,
+         "__doc__": f"Former name of `{image_processor_class.__name__}`; loads folders saved with that name."},
+    )  # fmt: skip
+
+
 def register_architecture(
     config_class: type[PreTrainedConfig],
     model_class: type[PreTrainedModel],
@@ -37,7 +50,11 @@ def register_architecture(
     # Registered on the mapping directly: `AutoImageProcessor.register` would merge in the processors that
     # transformers maps to a config class of the same *name* (our SegformerConfig / MaskFormerConfig), so that a
     # machine with torchvision would silently get transformers' processor instead of ours.
-    IMAGE_PROCESSOR_MAPPING.register(config_class, {"pil": image_processor_class}, exist_ok=True)
+    processors = {"pil": image_processor_class}
+    legacy_name = image_processor_class.__name__.removeprefix("Segmodels")
+    if legacy_name != image_processor_class.__name__:
+        processors["legacy_name"] = _legacy_name_class(image_processor_class, legacy_name)
+    IMAGE_PROCESSOR_MAPPING.register(config_class, processors, exist_ok=True)
     # Declares "no video processor". Without it, `pipeline(...)` looks for one, derives a remote-code class name
     # from our processor's `auto_map` and interactively asks whether to trust that (non-existent) custom code.
     VIDEO_PROCESSOR_MAPPING.register(config_class, {}, exist_ok=True)

@@ -6,6 +6,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
@@ -29,9 +30,12 @@ class SegmentationImageProcessorKwargs(ImagesKwargs, total=False):
     do_reduce_labels: bool
 
 
-def _to_channels_last_rgb(image) -> np.ndarray | PIL.Image.Image:
+def _to_channels_last_rgb(image, convert_rgb: bool = True) -> np.ndarray | PIL.Image.Image:
     """Brings grayscale, grayscale+alpha, RGBA and 16-bit images, as PIL images or as HWC / CHW / HW arrays, to an
-    (H, W, 3) RGB array (uint8 or float in [0, 255]); 8-bit PIL images are left to transformers' `convert_to_rgb`."""
+    (H, W, 3) RGB array (uint8 or float in [0, 255]); 8-bit PIL images are left to transformers' `convert_to_rgb`.
+    With `convert_rgb=False` (`do_convert_rgb=False`) the channels are kept as they are, only brought last."""
+    if isinstance(image, PIL.Image.Image) and not convert_rgb:
+        image = np.asarray(image)
     if isinstance(image, PIL.Image.Image):
         if image.mode in _HIGH_BIT_DEPTH_PIL_MODES:
             array = np.asarray(image, dtype=np.float32) * (255.0 / _HIGH_BIT_DEPTH_PIL_MODES[image.mode])
@@ -61,6 +65,8 @@ def _to_channels_last_rgb(image) -> np.ndarray | PIL.Image.Image:
         image = image.astype(np.float32) * (255.0 / 65535.0)
     elif image.dtype == bool:
         image = image.astype(np.uint8) * 255
+    if not convert_rgb:
+        return image
     if channels in (1, 2):
         image = np.repeat(image[..., :1], 3, axis=-1)
     elif channels == 4:
@@ -140,11 +146,14 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
                 "It looks like you are trying to rescale already rescaled images (float values in [0, 1]). If the "
                 "input images have pixel values between 0 and 1, set `do_rescale=False` to avoid rescaling them again."
             )
-        images = [_to_channels_last_rgb(image) for image in images]
+        convert_rgb = kwargs.get("do_convert_rgb")
+        convert_rgb = self.do_convert_rgb if convert_rgb is None else convert_rgb
+        images = [_to_channels_last_rgb(image, convert_rgb) for image in images]
         return super().preprocess(images, segmentation_maps, **kwargs)
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
-        image = _to_channels_last_rgb(image)
+        convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        image = _to_channels_last_rgb(image, convert_rgb)
         if isinstance(image, np.ndarray):
             return np.moveaxis(image, -1, 0)
         return super().process_image(image, do_convert_rgb=True, input_data_format=input_data_format)
@@ -175,7 +184,9 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
         return_tensors: str | TensorType | None,
         **kwargs,
     ) -> BatchFeature:
-        images = self._prepare_image_like_inputs(images=images, input_data_format=input_data_format)
+        images = self._prepare_image_like_inputs(
+            images=images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format
+        )
         do_reduce_labels = kwargs.pop("do_reduce_labels")
         data = {"pixel_values": self._preprocess(images, do_reduce_labels=False, **kwargs)}
         if segmentation_maps is not None:
@@ -285,14 +296,29 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
             processed.append(image.astype(np.float32, copy=False) if (do_rescale or do_normalize) else image)
         return processed
 
-    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
-        """Argmax class maps, a list of B (H, W) int64 tensors.
+    def post_process_semantic_segmentation(
+        self, outputs, target_sizes=None, return_segmentation_scores: bool = False
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        """Argmax class maps, a list of B (H, W) int64 tensors. A one-channel (`num_labels=1`, binary) model predicts
+        class 1 where its logit is positive (sigmoid > 0.5), as its sigmoid / binary cross-entropy loss means.
 
         Args:
             outputs: model outputs with `logits` (B, num_labels, h, w).
             target_sizes: optional list of B `(H, W)` sizes; the logits are resized bilinearly to each before argmax.
+            return_segmentation_scores: as in transformers: return a list of `SemanticSegmentationPostProcessorOutput`
+                with `segmentation` (H, W) and `segmentation_scores` (num_labels, H, W), the (resized) logits.
         """
-        return [scores.argmax(dim=0) for scores in resized_class_scores(outputs.logits, target_sizes)]
+        results = []
+        for scores in resized_class_scores(outputs.logits, target_sizes):
+            segmentation = (scores[0] > 0).long() if scores.shape[0] == 1 else scores.argmax(dim=0)
+            results.append(
+                SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": segmentation, "segmentation_scores": scores}
+                )
+                if return_segmentation_scores
+                else segmentation
+            )
+        return results
 
     def post_process_panoptic_segmentation(
         self,

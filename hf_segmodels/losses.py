@@ -30,11 +30,20 @@ def semantic_cross_entropy(
     The logits are upsampled bilinearly (`align_corners=False`) to the label size first, as the original training
     code of Segmenter, SETR and SegFormer does. An image whose pixels are all `ignore_index` contributes nothing; a
     batch with no valid pixel at all returns a zero loss that still has a gradient path, instead of NaN.
+
+    One channel (`num_labels=1`, binary segmentation) means a sigmoid / binary cross-entropy loss, exactly as
+    transformers' `SegformerForSemanticSegmentation` computes it: labels 0 / 1, `ignore_index` pixels masked out of
+    the per-pixel BCE, which is then averaged over all pixels.
     """
-    check_semantic_labels(labels, logits.shape[1], ignore_index)
+    binary = logits.shape[1] == 1
+    check_semantic_labels(labels, 2 if binary else logits.shape[1], ignore_index)
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     labels = labels.long()
     if not (labels != ignore_index).any():
         return logits.sum() * 0.0
+    if binary:
+        valid = (labels != ignore_index).to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits[:, 0], labels.to(logits.dtype), reduction="none")
+        return (loss * valid).mean()
     return F.cross_entropy(logits, labels, ignore_index=ignore_index)

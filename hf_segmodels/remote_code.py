@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
+_OUR_MODULES = {path.stem for path in _PACKAGE_ROOT.rglob("*.py")} - {"__init__"}
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", flags=re.MULTILINE)
 
 
@@ -115,11 +116,42 @@ class _RemoteCodeJsonMixin:
         return result
 
 
+def _is_our_reference(reference) -> bool:
+    """True for an `auto_map` value that names a class of a module of this package (as `save_pretrained` writes it)."""
+    if not isinstance(reference, str) or "--" in reference or "." not in reference:
+        return False
+    return reference.rsplit(".", 1)[0] in _OUR_MODULES
+
+
+def without_our_auto_map(output: dict) -> dict:
+    """`to_dict()` without the `auto_map` entries that `save_pretrained` writes for our own classes: they describe the
+    saved folder (the code copied beside the JSON), not the object, so a loaded object equals the one that was saved
+    (`from_pretrained(save_pretrained(x)).to_dict() == x.to_dict()`). The attribute itself is kept: transformers' Auto
+    classes read `config.auto_map` when the package is not installed (`trust_remote_code=True`)."""
+    auto_map = output.get("auto_map")
+    if isinstance(auto_map, dict):
+        kept = {key: value for key, value in auto_map.items() if not _is_our_reference(value)}
+        if kept:
+            output["auto_map"] = kept
+        else:
+            del output["auto_map"]
+    return output
+
+
 class RemoteCodeConfigMixin(_RemoteCodeJsonMixin):
     """For `PreTrainedConfig` subclasses registered with `register_for_auto_class`."""
+
+    def to_dict(self) -> dict:
+        return without_our_auto_map(super().to_dict())
 
 
 class RemoteCodeImageProcessorMixin(_RemoteCodeJsonMixin):
     """For image processors registered with `register_for_auto_class`."""
 
     _remote_code_json = "preprocessor_config.json"
+
+    def to_dict(self) -> dict:
+        output = without_our_auto_map(super().to_dict())
+        # An instance of a legacy-name alias class (`_auto.register_architecture`) saves under the current name.
+        output["image_processor_type"] = getattr(type(self), "_legacy_name_of", type(self)).__name__
+        return output

@@ -253,7 +253,7 @@ def test_offline_hub_cache_loads_as_users_do(golden_dir, tmp_path):
         model = AutoModelForSemanticSegmentation.from_pretrained("org/segmenter-l16-ade").eval()
         processor = AutoImageProcessor.from_pretrained("org/segmenter-l16-ade")
         assert type(model).__name__ == "SegmenterForSemanticSegmentation", type(model)
-        assert type(processor).__name__ == "SegmenterImageProcessor", type(processor)
+        assert type(processor).__name__ == "SegmodelsSegmenterImageProcessor", type(processor)
         image = np.load("image.npy")
         with torch.no_grad():
             logits = model(**processor(image, return_tensors="pt")).logits.numpy()

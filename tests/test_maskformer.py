@@ -148,9 +148,6 @@ def test_bad_targets_raise_clear_errors(pair):
         ours(pixel_values=pixel_values, mask_labels=[torch.zeros(2, 32, 32)], class_labels=[torch.tensor([0, 1, 2])])
     with pytest.raises(ValueError, match="together"):
         ours(pixel_values=pixel_values, mask_labels=[torch.zeros(2, 32, 32)])
-    with pytest.raises(ValueError, match="not both"):
-        ours(pixel_values=pixel_values, labels=torch.zeros(1, 32, 32, dtype=torch.long),
-             mask_labels=[torch.zeros(1, 32, 32)], class_labels=[torch.tensor([0])])
     with pytest.raises(ValueError, match=r"class ids \[5\]"):
         ours(pixel_values=pixel_values, mask_labels=[torch.zeros(1, 32, 32)], class_labels=[torch.tensor([5])])
     with pytest.raises(ValueError, match="for a batch of 1"):
@@ -171,14 +168,16 @@ def tiny_config(**kwargs):
 
 
 def test_folded_mask_projection_equals_per_pixel_embeddings():
-    """By default the mask logits come from the mask projection folded into the mask embeddings (no per-pixel
-    embeddings); with output_hidden_states they are computed the long way. Both must agree, batch > 1 included."""
+    """The inference paths that need only the masks (`full_resolution_logits`, `infer_logits`) fold the mask
+    projection into the mask embeddings (no per-pixel embeddings); `forward` computes them the long way and always
+    returns them (transformers' contract). Both must agree, batch > 1 included."""
     torch.manual_seed(0)
     model = MaskFormerForUniversalSegmentation(tiny_config()).eval()
     pixel_values = torch.randn(3, 3, 64, 96)
     with torch.no_grad():
-        folded = model(pixel_values=pixel_values)
-        long_way = model(pixel_values=pixel_values, output_hidden_states=True)
+        folded = model._forward(pixel_values, None, None, None, False, False, False, True, None,
+                                fold_mask_projection=True)  # fmt: skip
+        long_way = model(pixel_values=pixel_values)
         embeddings = long_way.pixel_decoder_last_hidden_state
         direct = torch.einsum("bqc,bchw->bqhw", model.mask_embedder(long_way.transformer_decoder_last_hidden_state),
                               embeddings)
@@ -203,7 +202,7 @@ def test_sdpa_and_eager_agree_and_attentions():
     torch.testing.assert_close(sdpa.masks_queries_logits, eager.masks_queries_logits, atol=1e-5, rtol=1e-5)
     assert len(eager.attentions) == 3 and eager.attentions[0].shape == (1, 4, 8, 8)
     assert eager.cross_attentions[0].shape == (1, 4, 8, 2 * 2)
-    assert len(eager.transformer_decoder_hidden_states) == 3
+    assert len(eager.transformer_decoder_hidden_states) == 3 + 1  # the decoder input, then every layer
     assert [h.shape[1] for h in eager.encoder_hidden_states] == [16, 32, 48, 64]
     assert eager.pixel_decoder_last_hidden_state.shape == (1, 32, 16, 16)
 

@@ -258,7 +258,8 @@ def test_semantic_annotations_become_labels_and_instance_maps_mask_labels():
     )
     ours = processor([image], segmentation_maps=[instances], instance_id_to_semantic_id=mapping,
                      do_reduce_labels=True, return_tensors="pt")
-    assert "labels" not in ours
+    # `labels`: the semantic map of the same annotation (what Trainer's compute_metrics receives), 255 unlabelled
+    assert ours["labels"].shape == (1, 16, 24) and set(ours["labels"].unique().tolist()) == {1, 3, 255}
     torch.testing.assert_close(ours["class_labels"][0], theirs["class_labels"][0])
     assert ours["class_labels"][0].tolist() == [3, 3, 1]
     torch.testing.assert_close(ours["mask_labels"][0], theirs["mask_labels"][0])

@@ -33,7 +33,11 @@ def test_public_names_and_auto_registration(model_type, config_name, model_name,
     assert AutoModelForSemanticSegmentation._model_mapping[config_class] is model_class
     # Only our processor: never transformers' class of the same name (SegformerConfig / MaskFormerConfig collide
     # by name with transformers' own configs).
-    assert IMAGE_PROCESSOR_MAPPING[config_class] == {"pil": processor_class}
+    assert IMAGE_PROCESSOR_MAPPING[config_class]["pil"] is processor_class
+    # ... plus a never-instantiated subclass under the pre-rename class name, for folders saved with that name
+    legacy = IMAGE_PROCESSOR_MAPPING[config_class]["legacy_name"]
+    assert legacy.__name__ == processor_name and issubclass(legacy, processor_class)
+    assert processor_class.__name__ == "Segmodels" + processor_name
     # pipeline("image-segmentation") recognises the model (no "not supported" message), and the lazy Auto mapping
     # still iterates without trying to import our model types from transformers.
     assert modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES[model_type] == model_name

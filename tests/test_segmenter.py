@@ -47,10 +47,14 @@ def test_forward_shapes_any_input_size(decoder_type, distilled):
     tokens = 48 + 1 + int(distilled)
     assert len(outputs.hidden_states) == 3 and outputs.hidden_states[-1].shape == (2, tokens, 32)
     decoder_layers = 2 if decoder_type == "mask_transformer" else 0
-    assert len(outputs.attentions) == 2 + decoder_layers
+    # `attentions`: the encoder's layers; the Mask Transformer's have their own field
+    assert len(outputs.attentions) == 2
     assert outputs.attentions[0].shape == (2, 2, tokens, tokens)
     if decoder_layers:
-        assert outputs.attentions[-1].shape == (2, 2, 48 + 4, 48 + 4)  # patches + class embeddings
+        assert len(outputs.decoder_attentions) == decoder_layers
+        assert outputs.decoder_attentions[-1].shape == (2, 2, 48 + 4, 48 + 4)  # patches + class embeddings
+    else:
+        assert outputs.decoder_attentions is None
     assert infer_logits(model, pixel_values).shape == (2, 4, 45, 61)
 
 
@@ -166,7 +170,7 @@ def test_save_pretrained_writes_auto_map_for_remote_code(tmp_path):
         "AutoModelForSemanticSegmentation": "modeling_segmenter.SegmenterForSemanticSegmentation",
     }
     processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_segmenter.SegmenterImageProcessor"}
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_segmenter.SegmodelsSegmenterImageProcessor"}
     for name in ("modeling_segmenter.py", "configuration_segmenter.py", "layers.py", "image_processing.py"):
         code = (tmp_path / name).read_text()
         assert "from .." not in code, name

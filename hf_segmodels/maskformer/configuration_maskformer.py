@@ -18,7 +18,7 @@ OWN_ENCODERS = ("segmodels_segformer", "segmodels_segmenter", "segmodels_setr")
 
 
 @strict
-class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`MaskFormerForUniversalSegmentation`]: a backbone, an FPN pixel decoder producing 1/4-resolution
     per-pixel embeddings, a DETR transformer decoder over the backbone's last feature map, a class head (num_labels + 1
@@ -81,6 +81,14 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     ```"""
 
     model_type = "segmodels_maskformer"
+    # `Trainer.evaluate` / `predict` gather every output except these: the predictions are then the semantic `logits`
+    # (B, num_labels, h, w), as for the per-pixel models (the per-query outputs differ in size between batches).
+    keys_to_ignore_at_inference = [
+        "class_queries_logits", "masks_queries_logits", "auxiliary_outputs", "auxiliary_logits",
+        "encoder_last_hidden_state", "pixel_decoder_last_hidden_state", "transformer_decoder_last_hidden_state",
+        "encoder_hidden_states", "pixel_decoder_hidden_states", "transformer_decoder_hidden_states", "hidden_states",
+        "attentions", "cross_attentions", "image_sizes", "padded_sizes",
+    ]  # fmt: skip
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(
             config_class=AutoConfig,
@@ -181,4 +189,9 @@ class MaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
                 )
 
 
-__all__ = ["MaskFormerConfig"]
+# transformers' Auto classes look classes up by *name* (`_LazyAutoMapping`): a class named like one of transformers'
+# would resolve to transformers' models (e.g. `AutoModel` -> its MaskFormerModel with random weights). The class therefore
+# has a name of its own; the public name of DESIGN.md is an alias.
+MaskFormerConfig = SegmodelsMaskFormerConfig
+
+__all__ = ["MaskFormerConfig", "SegmodelsMaskFormerConfig"]

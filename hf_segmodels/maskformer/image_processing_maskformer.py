@@ -4,6 +4,7 @@ panoptic annotations into mask + class targets, and vectorised semantic / instan
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageInput
 from transformers.processing_utils import Unpack
@@ -116,6 +117,15 @@ class MaskFormerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=Fal
         Default `threshold` of `post_process_panoptic_segmentation`: the release's `TEST.OBJECT_MASK_THRESHOLD`.
     overlap_threshold (`float`, *optional*):
         Default `overlap_mask_area_threshold` of `post_process_panoptic_segmentation`: its `TEST.OVERLAP_THRESHOLD`.
+    return_mask_labels (`bool`, *optional*, defaults to `self.return_mask_labels`):
+        For semantic maps, also return `mask_labels` / `class_labels` (one binary mask per class present, as
+        transformers' `MaskFormerImageProcessor` does). Off by default: `labels` alone trains the model (it makes
+        the same masks), and `Trainer`'s default collator cannot stack per-image lists of different lengths.
+    ignore_index (`int`, *optional*, defaults to 255):
+        The label value of pixels without a class (no mask covers them); fixed at 255, the value every model of this
+        package ignores, and kept as an attribute for code written for transformers' processor.
+    num_labels (`int`, *optional*):
+        Number of classes (informational, as in transformers' processor).
     """
 
     size_divisor: int
@@ -124,15 +134,20 @@ class MaskFormerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=Fal
     label_ids_to_fuse: list[int] | None
     object_mask_threshold: float | None
     overlap_threshold: float | None
+    return_mask_labels: bool
+    ignore_index: int
+    num_labels: int | None
 
 
-class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
+class SegmodelsMaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     r"""Image processor of MaskFormer (PIL backend, no torchvision), following the original (facebookresearch/
     MaskFormer on detectron2) end to end.
 
     Preprocessing: the shorter side resized to 512 with the longer side at most 2048 (`ResizeShortestEdge` of the
     ADE20K semantic releases; converted checkpoints carry their release's test size, e.g. 800 / 1333 for COCO
-    panoptic), pixels rescaled to [0, 1] and normalised with the ImageNet mean / std (detectron2's PIXEL_MEAN /
+    panoptic; the resized sides are rounded half up as detectron2's `ResizeShortestEdge` does, where transformers'
+    processor truncates; an integer `size` is the shorter side, as in transformers' processor), pixels rescaled to
+    [0, 1] and normalised with the ImageNet mean / std (detectron2's PIXEL_MEAN /
     PIXEL_STD / 255), then zero-padded (after normalisation, at the bottom and right) to the batch's largest size
     rounded up to a multiple of `size_divisor`, as the original's `ImageList.from_tensors(images,
     MASK_FORMER.SIZE_DIVISIBILITY)` does (32 for the semantic releases, 0 = no rounding for the panoptic ones;
@@ -165,9 +180,14 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
     label_ids_to_fuse = None
     object_mask_threshold = None
     overlap_threshold = None
+    return_mask_labels = False
+    ignore_index = 255
+    num_labels = None
 
     def __init__(self, **kwargs: Unpack[MaskFormerImageProcessorKwargs]):
         super().__init__(**kwargs)
+        if self.ignore_index != 255:
+            raise ValueError(f"`ignore_index` must be 255 (the value the models ignore), got {self.ignore_index}.")
 
     def preprocess(
         self,
@@ -200,8 +220,10 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         size_divisor = self.size_divisor if size_divisor is None else size_divisor
         do_pad = kwargs.pop("do_pad", None)
         do_pad = self.do_pad if do_pad is None else do_pad
-        for name in ("sem_seg_postprocessing_before_inference", "label_ids_to_fuse", "object_mask_threshold",
-                     "overlap_threshold"):
+        return_mask_labels = kwargs.pop("return_mask_labels", None)
+        return_mask_labels = self.return_mask_labels if return_mask_labels is None else return_mask_labels
+        for name in ("sem_seg_postprocessing_before_inference", "label_ids_to_fuse", "ignore_index", "num_labels",
+                     "object_mask_threshold", "overlap_threshold"):
             kwargs.pop(name, None)
         processed = super()._preprocess_image_like_inputs(
             images, segmentation_maps, do_convert_rgb, input_data_format, None, **kwargs
@@ -218,7 +240,7 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
                     "maps."
                 )
             reduce = kwargs.get("do_reduce_labels", self.do_reduce_labels)
-            mask_labels, class_labels = [], []
+            mask_labels, class_labels, semantic_maps = [], [], []
             for label_map, mapping in zip(label_maps, mappings):
                 mapping = {int(k): int(v) for k, v in mapping.items()}
                 if reduce:
@@ -227,7 +249,16 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
                 masks, classes = convert_segmentation_map_to_binary_masks(label_map, mapping)
                 mask_labels.append(masks)
                 class_labels.append(classes)
-            data["mask_labels"], data["class_labels"] = mask_labels, class_labels
+                # the semantic map of the same annotation (255 where no segment is), for metrics / Trainer
+                semantic = np.full(label_map.shape, 255, dtype=np.int64)
+                for mask, class_id in zip(masks, classes):
+                    semantic[mask > 0] = class_id
+                semantic_maps.append(semantic)
+            data["mask_labels"], data["class_labels"], data["labels"] = mask_labels, class_labels, semantic_maps
+        elif return_mask_labels and "labels" in data:
+            targets = [convert_segmentation_map_to_binary_masks(label_map) for label_map in data["labels"]]
+            data["mask_labels"] = [masks for masks, _ in targets]
+            data["class_labels"] = [classes for _, classes in targets]
         if do_pad:
             self._pad_batch(data, size_divisor)
         elif return_tensors is not None:
@@ -292,8 +323,12 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         return _as_sizes(image_sizes, batch), _as_sizes(padded_sizes, batch)
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes=None, sem_seg_postprocessing_before_inference: bool | None = None
-    ) -> list[torch.Tensor]:
+        self,
+        outputs,
+        target_sizes=None,
+        return_segmentation_scores: bool = False,
+        sem_seg_postprocessing_before_inference: bool | None = None,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """Semantic maps: a list of B (H, W) int64 class maps, the argmax of the original's semantic scores
         `sum_q softmax(class_logits_q)[:K] * sigmoid(mask_logits_q)`.
 
@@ -309,6 +344,8 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
             outputs: model outputs with `class_queries_logits` (B, Q, K + 1) and `masks_queries_logits` (B, Q, h, w)
                 (and `image_sizes` / `padded_sizes`; without them the masks are taken to cover the whole image).
             target_sizes: optional list of B (height, width); default: each image's own (unpadded) size.
+            return_segmentation_scores: as in transformers: a list of `SemanticSegmentationPostProcessorOutput` with
+                `segmentation` (H, W) and `segmentation_scores` (num_labels, H, W), the semantic scores above.
         """
         if sem_seg_postprocessing_before_inference is None:
             sem_seg_postprocessing_before_inference = self.sem_seg_postprocessing_before_inference
@@ -326,7 +363,12 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
                 scores = torch.einsum("qc,qhw->chw", classes, masks.sigmoid())
                 if target_size is not None and tuple(scores.shape[-2:]) != target_size:
                     scores = F.interpolate(scores[None], size=target_size, mode="bilinear", align_corners=False)[0]
-            results.append(scores.argmax(dim=0))
+            segmentation = scores.argmax(dim=0)
+            results.append(
+                SemanticSegmentationPostProcessorOutput(data={"segmentation": segmentation, "segmentation_scores": scores})
+                if return_segmentation_scores
+                else segmentation
+            )
         return results
 
     def post_process_instance_segmentation(
@@ -486,4 +528,12 @@ class MaskFormerImageProcessor(SemanticSegmentationImageProcessor):
         return results
 
 
-__all__ = ["MaskFormerImageProcessor", "convert_segmentation_map_to_binary_masks", "resize_mask_logits"]
+# A saved `preprocessor_config.json` names the class in "image_processor_type", and transformers resolves that name
+# (its own classes first when hf_segmodels is not imported). The class has a name of its own so that a saved folder
+# loads as this class (with hf_segmodels imported, or through `auto_map` with `trust_remote_code=True`) and never as
+# transformers' `MaskFormerImageProcessor`; the public name of DESIGN.md is an alias.
+MaskFormerImageProcessor = SegmodelsMaskFormerImageProcessor
+SegmodelsMaskFormerImageProcessorKwargs = MaskFormerImageProcessorKwargs  # the name transformers looks for
+
+
+__all__ = ["MaskFormerImageProcessor", "SegmodelsMaskFormerImageProcessor", "convert_segmentation_map_to_binary_masks", "resize_mask_logits"]

@@ -38,18 +38,21 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
         last class being "no object".
     masks_queries_logits (`torch.FloatTensor` of shape `(B, Q, h, w)`): mask logits of every query.
     auxiliary_outputs (`list[dict]`, *optional*): for decoder layers 1 .. L-1 (the last layer's predictions are the
-        main outputs), `{"class_queries_logits", "masks_queries_logits"}`; returned when auxiliary losses are
-        computed or `output_auxiliary_logits=True`.
+        main outputs), `{"class_queries_logits", "masks_queries_logits"}`, the original's `aux_outputs`; returned
+        when auxiliary losses are computed or `output_auxiliary_logits=True`.
+    auxiliary_logits (`list[dict]`, *optional*): transformers' field: one `{"class_queries_logits",
+        "masks_queries_logits"}` per decoder layer (L entries; the last equals the main outputs), returned when
+        `output_auxiliary_logits=True`. transformers' own MaskFormer derives its L entries from the decoder's input
+        and layers 1 .. L-1 instead; ours are the original's per-layer predictions.
     encoder_last_hidden_state (`(B, C, h/8, w/8)`): the backbone's last feature map (1/32 of the input).
-    pixel_decoder_last_hidden_state (`(B, mask_feature_size, h, w)`, *optional*): the per-pixel embeddings. Only
-        materialised when they are needed (auxiliary predictions, loss with auxiliary losses,
-        `output_hidden_states=True`, or more queries than `mask_feature_size`); otherwise `None`, because the mask
-        logits are then computed with the projection folded into the mask embeddings (same values, fewer
-        multiplications).
+    pixel_decoder_last_hidden_state (`(B, mask_feature_size, h, w)`): the per-pixel embeddings (always returned,
+        as in transformers; `full_resolution_logits` / `infer_logits`, which need only the masks, skip them and fold
+        the projection into the mask embeddings instead: same values, fewer multiplications).
     transformer_decoder_last_hidden_state (`(B, Q, d_model)`): the query embeddings after the final LayerNorm.
     encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states (*optional*): the
-        backbone's feature maps, the FPN outputs (low to high resolution) and the LayerNorm-ed output of every
-        decoder layer, when `output_hidden_states=True`; `hidden_states` is their concatenation.
+        backbone's feature maps, the FPN outputs (low to high resolution) and, as in transformers, L + 1 decoder
+        states: the decoder's input (zero targets) then the LayerNorm-ed output of every layer, when
+        `output_hidden_states=True`; `hidden_states` is their concatenation.
     attentions, cross_attentions (*optional*): the decoder's self-attention (B, heads, Q, Q) and cross-attention
         (B, heads, Q, h/32 * w/32) probabilities of every layer, when `output_attentions=True`.
     image_sizes (`torch.LongTensor` of shape `(B, 2)`): the (height, width) of every image before padding, read from
@@ -64,6 +67,7 @@ class MaskFormerForUniversalSegmentationOutput(ModelOutput):
     class_queries_logits: torch.FloatTensor | None = None
     masks_queries_logits: torch.FloatTensor | None = None
     auxiliary_outputs: list[dict[str, torch.FloatTensor]] | None = None
+    auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
     pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
     transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
@@ -822,14 +826,14 @@ class MaskFormerPreTrainedModel(SegmentationPreTrainedModel):
             # the papers' ViT init (runs after the generic branches below have visited its children)
             for child in module.encoder.modules():
                 init_vit_weights(child, module.config.initializer_range)
-        elif isinstance(module, (MaskFormerPixelDecoder, MaskFormerTransformerDecoder)):
-            for conv in module.modules():
-                if isinstance(conv, nn.Conv2d):
-                    init.kaiming_uniform_(conv.weight, a=1)
-                    if conv.bias is not None:
-                        init.zeros_(conv.bias)
-            if isinstance(module, MaskFormerTransformerDecoder):
-                init.normal_(module.query_position_embeddings.weight, std=1.0)
+        elif isinstance(module, nn.Conv2d):
+            # every convolution of the pixel decoder and the input projection (those of the ViT backbone are
+            # re-initialised by the branch above, which runs after its children)
+            init.kaiming_uniform_(module.weight, a=1)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):  # the query position embeddings
+            init.normal_(module.weight, std=1.0)
         elif isinstance(module, (MaskFormerDecoderLayer, MaskFormerEncoderLayer)):
             for linear in module.modules():
                 if isinstance(linear, nn.Linear):
@@ -858,7 +862,12 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
 
     Training: pass either `labels` (B, H, W) semantic maps (255 ignored; one binary target mask per class present)
     or `mask_labels` (list of B (N_i, H, W) binary masks) + `class_labels` (list of B (N_i,) class ids) for instance
-    / panoptic training.
+    / panoptic training (these win when both are given). Works with `transformers.Trainer` out of the box (see
+    `forward` and `MaskFormerConfig.keys_to_ignore_at_inference`).
+
+    Differences from transformers' `MaskFormerForInstanceSegmentation` outputs, kept for identity with the original:
+    `auxiliary_logits` holds the prediction of each of the L decoder layers (transformers derives its L entries
+    from the decoder input and layers 1 .. L-1), and `auxiliary_outputs` the original's L - 1 `aux_outputs`.
     """
 
     def __init__(self, config: MaskFormerConfig):
@@ -878,9 +887,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
     def _check_targets(self, pixel_values, labels, mask_labels, class_labels):
         size = tuple(pixel_values.shape[-2:])
         batch = pixel_values.shape[0]
-        if labels is not None:
-            if mask_labels is not None or class_labels is not None:
-                raise ValueError("Pass either `labels` (semantic maps) or `mask_labels` + `class_labels`, not both.")
+        if labels is not None and mask_labels is None and class_labels is None:
             check_semantic_labels(labels, self.config.num_labels)
             if labels.shape[0] != batch or tuple(labels.shape[-2:]) != size:
                 raise ValueError(
@@ -945,8 +952,6 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         self,
         pixel_values: torch.FloatTensor,
         labels: torch.LongTensor | None = None,
-        mask_labels: list[torch.Tensor] | None = None,
-        class_labels: list[torch.Tensor] | None = None,
         output_auxiliary_logits: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
@@ -958,15 +963,37 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): normalised images of any size.
         labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*): semantic class ids in `[0, num_labels)`, 255
             ignored; converted to one binary mask per class present in each image.
-        mask_labels (`list[torch.Tensor]`, *optional*): per image, (N_i, H, W) binary masks of the ground-truth
-            segments (instances or stuff regions). With `class_labels`: per image (N_i,) class ids.
+        mask_labels (`list[torch.Tensor]`, *optional*, keyword): per image, (N_i, H, W) binary masks of the
+            ground-truth segments (instances or stuff regions). With `class_labels` (keyword): per image (N_i,) class
+            ids. They take precedence over `labels` when both are given (the processor returns both for instance /
+            panoptic maps: `labels` is then the semantic map, for metrics).
+            `mask_labels` / `class_labels` are taken as keyword arguments rather than named parameters on purpose:
+            `transformers.Trainer` treats every parameter whose name contains "label" as a label it must find in
+            each batch before it computes an evaluation loss, and the semantic `labels` alone must be enough (they
+            also are what `compute_metrics` receives, as for the per-pixel models).
+        num_items_in_batch (keyword): passed by `Trainer`; unused (the loss normalises by the number of masks).
         output_auxiliary_logits (`bool`, *optional*): also return the predictions of the intermediate layers.
         pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*): 1 on the image, 0 on the padding (bottom /
             right), as [`MaskFormerImageProcessor`] returns it. Like the original (which has no padding mask
             anywhere), the network itself runs on the zero-padded batch unmasked; the mask only tells the
             post-processing each image's own size (`image_sizes` of the output), so that it crops the padding off.
         """
+        mask_labels, class_labels = kwargs.pop("mask_labels", None), kwargs.pop("class_labels", None)
+        return self._forward(
+            pixel_values, labels, mask_labels, class_labels, output_auxiliary_logits, output_hidden_states,
+            output_attentions, return_dict, pixel_mask, fold_mask_projection=False, **kwargs,
+        )  # fmt: skip
+
+    def _forward(
+        self, pixel_values, labels, mask_labels, class_labels, output_auxiliary_logits, output_hidden_states,
+        output_attentions, return_dict, pixel_mask, fold_mask_projection: bool, **kwargs,
+    ):  # fmt: skip
+        """`forward`; with `fold_mask_projection` (inference paths that need only the masks) the per-pixel embeddings
+        are not materialised when folding the projection into the mask embeddings is cheaper."""
         pixel_values = check_pixel_values(pixel_values, self.config.backbone_config.num_channels, self.dtype)
+        # `Trainer` passes the number of items in the batch; the matching loss normalises by the number of target
+        # masks itself (as the original and transformers' MaskFormer do), so it is not needed.
+        kwargs.pop("num_items_in_batch", None)
         unexpected = set(kwargs)
         if unexpected:
             raise TypeError(f"MaskFormerForUniversalSegmentation.forward() got unexpected arguments {sorted(unexpected)}.")
@@ -995,7 +1022,9 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             auxiliary_outputs = [
                 {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], mask_logits[:-1])
             ]
-        elif output_hidden_states or not self.pixel_decoder.folding_is_cheaper(queries.shape[1]):
+        elif output_hidden_states or not fold_mask_projection or not self.pixel_decoder.folding_is_cheaper(
+            queries.shape[1]
+        ):
             pixel_embeddings = winograd_conv2d(self.pixel_decoder.mask_projection, fpn_outputs[-1])
             class_queries_logits, masks_queries_logits = self._predict(queries, pixel_embeddings)
         else:
@@ -1014,6 +1043,11 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
                 class_labels,
                 auxiliary_outputs if self.config.use_auxiliary_loss else None,
             )
+        auxiliary_logits = None
+        if output_auxiliary_logits:
+            auxiliary_logits = auxiliary_outputs + [
+                {"class_queries_logits": class_queries_logits, "masks_queries_logits": masks_queries_logits}
+            ]
         if not output_auxiliary_logits and not (compute_loss and self.config.use_auxiliary_loss):
             auxiliary_outputs = None
 
@@ -1021,7 +1055,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         if output_hidden_states:
             encoder_hidden_states = tuple(features)
             pixel_decoder_hidden_states = fpn_outputs
-            transformer_decoder_hidden_states = intermediate
+            transformer_decoder_hidden_states = (torch.zeros_like(queries),) + intermediate  # + decoder input
             hidden_states = encoder_hidden_states + pixel_decoder_hidden_states + transformer_decoder_hidden_states
         output = MaskFormerForUniversalSegmentationOutput(
             loss=loss,
@@ -1029,6 +1063,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             class_queries_logits=class_queries_logits,
             masks_queries_logits=masks_queries_logits,
             auxiliary_outputs=auxiliary_outputs,
+            auxiliary_logits=auxiliary_logits,
             encoder_last_hidden_state=features[-1],
             pixel_decoder_last_hidden_state=pixel_embeddings,
             transformer_decoder_last_hidden_state=queries,
@@ -1053,7 +1088,8 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             pad_h, pad_w = (-height) % divisor, (-width) % divisor
             if pad_h or pad_w:
                 pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-        outputs = self(pixel_values=pixel_values)
+        outputs = self._forward(pixel_values, None, None, None, False, False, False, True, None,
+                                fold_mask_projection=True)  # fmt: skip
         masks = F.interpolate(
             outputs.masks_queries_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
         )[..., :height, :width]

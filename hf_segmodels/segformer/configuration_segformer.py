@@ -59,7 +59,7 @@ DecoderType = Literal["original", "mmseg"]
 
 
 @strict
-class SegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+class SegmodelsSegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of [`SegformerModel`] (the Mix Transformer encoder) and [`SegformerForSemanticSegmentation`].
 
     Field names are those of transformers' `SegformerConfig`. The defaults give MiT-B0 with its 256-wide decoder; use
@@ -178,4 +178,9 @@ class SegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         return cls(**fields)
 
 
-__all__ = ["SegformerConfig", "SEGFORMER_PRESETS", "MIT_ENCODERS"]
+# transformers' Auto classes look classes up by *name* (`_LazyAutoMapping`): a class named like one of transformers'
+# would resolve to transformers' models (e.g. `AutoModel` -> its SegformerForImageClassification with random weights). The class therefore
+# has a name of its own; the public name of DESIGN.md is an alias.
+SegformerConfig = SegmodelsSegformerConfig
+
+__all__ = ["SegformerConfig", "SegmodelsSegformerConfig", "SEGFORMER_PRESETS", "MIT_ENCODERS"]

@@ -18,7 +18,7 @@ class SegformerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=Fals
     size_divisor: int | None
 
 
-class SegformerImageProcessor(SemanticSegmentationImageProcessor):
+class SegmodelsSegformerImageProcessor(SemanticSegmentationImageProcessor):
     r"""Image processor of SegFormer (PIL backend, no torchvision).
 
     Defaults are the original ADE20K test protocol of NVlabs/SegFormer (`local_configs/_base_/datasets/
@@ -37,6 +37,8 @@ class SegformerImageProcessor(SemanticSegmentationImageProcessor):
     size = {"shortest_edge": 512, "longest_edge": 2048}
     resize_backend = "opencv"  # the original test pipeline resizes with mmcv / cv2.INTER_LINEAR
     size_divisor = 32
+    # `size=512` means 512 x 512, as in transformers' SegformerImageProcessor (the keep-ratio protocol is the dict).
+    default_to_square = True
 
     def __init__(self, **kwargs: Unpack[SegformerImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -69,4 +71,12 @@ class SegformerImageProcessor(SemanticSegmentationImageProcessor):
         return super()._preprocess(images, do_resize=do_resize, size=size, resample=resample, **kwargs)
 
 
-__all__ = ["SegformerImageProcessor"]
+# A saved `preprocessor_config.json` names the class in "image_processor_type", and transformers resolves that name
+# (its own classes first when hf_segmodels is not imported). The class has a name of its own so that a saved folder
+# loads as this class (with hf_segmodels imported, or through `auto_map` with `trust_remote_code=True`) and never as
+# transformers' `SegformerImageProcessor`; the public name of DESIGN.md is an alias.
+SegformerImageProcessor = SegmodelsSegformerImageProcessor
+SegmodelsSegformerImageProcessorKwargs = SegformerImageProcessorKwargs  # the name transformers looks for
+
+
+__all__ = ["SegformerImageProcessor", "SegmodelsSegformerImageProcessor"]

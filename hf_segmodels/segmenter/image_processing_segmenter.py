@@ -1,9 +1,9 @@
 """Segmenter image processor."""
 
-from ..image_processing import SemanticSegmentationImageProcessor
+from ..image_processing import SegmentationImageProcessorKwargs, SemanticSegmentationImageProcessor
 
 
-class SegmenterImageProcessor(SemanticSegmentationImageProcessor):
+class SegmodelsSegmenterImageProcessor(SemanticSegmentationImageProcessor):
     r"""Image processor of Segmenter (PIL backend, no torchvision).
 
     Defaults are the original ADE20K test protocol of rstrudel/segmenter with a ViT encoder: the shorter side
@@ -29,4 +29,12 @@ class SegmenterImageProcessor(SemanticSegmentationImageProcessor):
         return cls(image_mean=mean, image_std=std, **kwargs)
 
 
-__all__ = ["SegmenterImageProcessor"]
+# A saved `preprocessor_config.json` names the class in "image_processor_type", and transformers resolves that name
+# (its own classes first when hf_segmodels is not imported). The class has a name of its own so that a saved folder
+# loads as this class (with hf_segmodels imported, or through `auto_map` with `trust_remote_code=True`) and never as
+# a class of the same name that transformers may add; the public name of DESIGN.md is an alias.
+SegmenterImageProcessor = SegmodelsSegmenterImageProcessor
+SegmodelsSegmenterImageProcessorKwargs = SegmentationImageProcessorKwargs  # the name transformers looks for
+
+
+__all__ = ["SegmenterImageProcessor", "SegmodelsSegmenterImageProcessor"]

@@ -1,5 +1,7 @@
 """Segmenter (arXiv 2105.05633): a plain ViT encoder and a linear or Mask-Transformer decoder."""
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,18 @@ from ..layers import (
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_segmenter import SegmenterConfig
+
+
+@dataclass
+class SegmenterOutput(SemanticSegmenterOutput):
+    r"""
+    A `SemanticSegmenterOutput` (`loss`, `logits`, `hidden_states`, `attentions`: the ViT encoder's layers, as in
+    transformers' ViT-based models) plus `decoder_attentions`: the self-attention probabilities (B, heads,
+    N + num_labels, N + num_labels) of every Mask-Transformer layer (patch tokens and class embeddings attend
+    jointly), when `output_attentions=True` and the decoder is the Mask Transformer.
+    """
+
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class SegmenterLinearDecoder(nn.Module):
@@ -143,9 +157,9 @@ class SegmenterForSemanticSegmentation(SegmentationModelMixin, SegmenterPreTrain
         labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*): class ids in `[0, num_labels)`, 255 ignored.
             The loss is the per-pixel cross-entropy of the full-resolution logits.
 
-        Returns `SemanticSegmenterOutput` with `loss`, `logits` (B, num_labels, h, w), `hidden_states` (encoder
-        embeddings and every encoder layer, (B, tokens, hidden)) and `attentions` (every encoder layer, then every
-        Mask-Transformer layer, (B, heads, N, N)).
+        Returns `SegmenterOutput` with `loss`, `logits` (B, num_labels, h, w), `hidden_states` (encoder
+        embeddings and every encoder layer, (B, tokens, hidden)), `attentions` (every encoder layer, (B, heads, N,
+        N)) and `decoder_attentions` (every Mask-Transformer layer).
         """
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         output_hidden_states, output_attentions, return_dict = self._output_flags(
@@ -168,15 +182,14 @@ class SegmenterForSemanticSegmentation(SegmentationModelMixin, SegmenterPreTrain
             loss = semantic_cross_entropy(
                 self._upsample(logits, pixel_values.shape[-2:]), labels, self.config.semantic_loss_ignore_index
             )
-        attentions = None
-        if output_attentions:
-            attentions = encoder_outputs.attentions + (decoder_attentions or ())
-        if not return_dict:
-            output = (logits,) + tuple(v for v in (encoder_outputs.hidden_states, attentions) if v is not None)
-            return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(
-            loss=loss, logits=logits, hidden_states=encoder_outputs.hidden_states, attentions=attentions
+        output = SegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions if output_attentions else None,
+            decoder_attentions=decoder_attentions if output_attentions and decoder_attentions else None,
         )
+        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["SegmenterForSemanticSegmentation", "SegmenterPreTrainedModel"]
+__all__ = ["SegmenterForSemanticSegmentation", "SegmenterOutput", "SegmenterPreTrainedModel"]

@@ -1,12 +1,12 @@
 """SETR image processor."""
 
-from ..image_processing import SemanticSegmentationImageProcessor
+from ..image_processing import SegmentationImageProcessorKwargs, SemanticSegmentationImageProcessor
 
 # Shorter side of the test images per dataset (the training crop size); the longer side is capped at 4x that.
 TEST_SIZES = {"ade20k": 512, "pascal_context": 480, "cityscapes": 768}
 
 
-class SetrImageProcessor(SemanticSegmentationImageProcessor):
+class SegmodelsSetrImageProcessor(SemanticSegmentationImageProcessor):
     r"""Image processor of SETR (PIL backend, no torchvision).
 
     SETR normalises with the ImageNet mean / std of its configs (mean (123.675, 116.28, 103.53), std (58.395, 57.12,
@@ -38,4 +38,12 @@ class SetrImageProcessor(SemanticSegmentationImageProcessor):
         return cls(**kwargs)
 
 
-__all__ = ["SetrImageProcessor"]
+# A saved `preprocessor_config.json` names the class in "image_processor_type", and transformers resolves that name
+# (its own classes first when hf_segmodels is not imported). The class has a name of its own so that a saved folder
+# loads as this class (with hf_segmodels imported, or through `auto_map` with `trust_remote_code=True`) and never as
+# a class of the same name that transformers may add; the public name of DESIGN.md is an alias.
+SetrImageProcessor = SegmodelsSetrImageProcessor
+SegmodelsSetrImageProcessorKwargs = SegmentationImageProcessorKwargs  # the name transformers looks for
+
+
+__all__ = ["SetrImageProcessor", "SegmodelsSetrImageProcessor"]
