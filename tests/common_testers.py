@@ -18,7 +18,7 @@ SKIPS_ALL_MODELS = {
 }
 SKIPS_IMAGE_PROCESSORS = {
     "test_new_models_require_torchvision_backend": (
-        "our processors are PIL-only by design (DESIGN.md: torchvision cannot be installed); the rule is for "
+        "our processors are PIL-only by design (torchvision cannot be a dependency); the rule is for "
         "processors inside transformers"
     ),
 }
