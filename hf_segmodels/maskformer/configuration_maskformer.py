@@ -191,7 +191,7 @@ class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
 # transformers' Auto classes look classes up by *name* (`_LazyAutoMapping`): a class named like one of transformers'
 # would resolve to transformers' models (e.g. `AutoModel` -> its MaskFormerModel with random weights). The class therefore
-# has a name of its own; the public name of DESIGN.md is an alias.
+# has a name of its own; the public name (README, docs/ARCHITECTURE.md) is an alias.
 MaskFormerConfig = SegmodelsMaskFormerConfig
 
 __all__ = ["MaskFormerConfig", "SegmodelsMaskFormerConfig"]

@@ -531,7 +531,7 @@ class SegmodelsMaskFormerImageProcessor(SemanticSegmentationImageProcessor):
 # A saved `preprocessor_config.json` names the class in "image_processor_type", and transformers resolves that name
 # (its own classes first when hf_segmodels is not imported). The class has a name of its own so that a saved folder
 # loads as this class (with hf_segmodels imported, or through `auto_map` with `trust_remote_code=True`) and never as
-# transformers' `MaskFormerImageProcessor`; the public name of DESIGN.md is an alias.
+# transformers' `MaskFormerImageProcessor`; the public name (README, docs/ARCHITECTURE.md) is an alias.
 MaskFormerImageProcessor = SegmodelsMaskFormerImageProcessor
 SegmodelsMaskFormerImageProcessorKwargs = MaskFormerImageProcessorKwargs  # the name transformers looks for
 

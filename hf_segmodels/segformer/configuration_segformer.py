@@ -180,7 +180,7 @@ class SegmodelsSegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
 # transformers' Auto classes look classes up by *name* (`_LazyAutoMapping`): a class named like one of transformers'
 # would resolve to transformers' models (e.g. `AutoModel` -> its SegformerForImageClassification with random weights). The class therefore
-# has a name of its own; the public name of DESIGN.md is an alias.
+# has a name of its own; the public name (README, docs/ARCHITECTURE.md) is an alias.
 SegformerConfig = SegmodelsSegformerConfig
 
 __all__ = ["SegformerConfig", "SegmodelsSegformerConfig", "SEGFORMER_PRESETS", "MIT_ENCODERS"]
