@@ -9,7 +9,7 @@ from transformers import AutoModelForUniversalSegmentation
 import hf_segmodels  # noqa: F401
 from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, SegformerConfig, SegmenterConfig
 from hf_segmodels import SegformerForSemanticSegmentation, SegmenterForSemanticSegmentation, SetrConfig
-from hf_segmodels.maskformer.modeling_maskformer import SimpleFeaturePyramid, backbone_feature_maps
+from hf_segmodels.maskformer.backbones import SimpleFeaturePyramid, backbone_feature_maps
 
 
 def mit_config():

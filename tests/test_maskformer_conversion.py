@@ -242,7 +242,7 @@ def test_r101c_deeplab_stem_and_multigrid_match_the_detectron2_reference(tmp_pat
     assert ours.config.backbone_deep_stem and ours.config.backbone_last_stage_dilations == [1, 2, 4]
     assert ours.config.backbone_config.embedding_size == 16
 
-    from hf_segmodels.maskformer.modeling_maskformer import folded_resnet_feature_maps, supports_folded_resnet
+    from hf_segmodels.maskformer.backbones import folded_resnet_feature_maps, supports_folded_resnet
 
     pixel_values = torch.randn(2, 3, 70, 90)
     with torch.no_grad():

@@ -30,7 +30,7 @@ from hf_segmodels import (
 )
 from hf_segmodels.inference import _window_starts
 from hf_segmodels.maskformer.convert_maskformer import convert_transformers_checkpoint
-from hf_segmodels.maskformer.modeling_maskformer import folded_resnet_feature_maps, supports_folded_resnet
+from hf_segmodels.maskformer.backbones import folded_resnet_feature_maps, supports_folded_resnet
 
 BF16_TOLERANCE = 0.05
 ARCHITECTURES = ["segmenter", "setr", "segformer", "maskformer-resnet", "maskformer-swin"]

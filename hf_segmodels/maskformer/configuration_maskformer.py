@@ -13,7 +13,7 @@ from ..remote_code import RemoteCodeConfigMixin
 # converted to it, as transformers' own MaskFormer does.
 _SWIN_MODEL_TYPES = ("swin", "maskformer-swin")
 # Our own encoders usable as backbones: SegFormer's MiT, and the plain ViT of Segmenter / SETR with a simple feature
-# pyramid (see `modeling_maskformer.build_backbone`).
+# pyramid (see `backbones.build_backbone`).
 OWN_ENCODERS = ("segmodels_segformer", "segmodels_segmenter", "segmodels_setr")
 
 
