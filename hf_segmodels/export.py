@@ -94,7 +94,7 @@ def verify(path: str | Path, format: str, model, shape: tuple[int, int, int, int
     pixel_values = torch.randn(shape, generator=generator)
     names = output_names(model)
     with torch.no_grad():
-        expected = _Outputs(model.eval(), names)(pixel_values)
+        expected = _Outputs(model.eval(), names).eval()(pixel_values)
     try:
         obtained = run_exported(path, format, pixel_values.numpy())
     except ImportError:
@@ -166,7 +166,8 @@ def export_model(
     example = torch.zeros(shape)
     with torch.no_grad():
         torch.onnx.export(
-            _Outputs(model, names), (example,), str(onnx_path), dynamo=False, opset_version=opset,
+            # the wrapper in eval mode too: the exporter restores the wrapper's mode on everything below it afterwards
+            _Outputs(model, names).eval(), (example,), str(onnx_path), dynamo=False, opset_version=opset,
             input_names=["pixel_values"], output_names=list(names),
         )
     path = onnx_path

@@ -31,6 +31,7 @@ def test_export_reproduces_pytorch_in_both_runtimes_at_two_sizes(name, tmp_path)
             folder = tmp_path / f"{format}_{height}x{width}"
             config = export_model(model, folder, format, height=height, width=width)
             assert config["input_shape"] == [1, 3, height, width] and config["max_abs_difference"] < 1e-4
+            assert not any(module.training for module in model.modules())  # the model is left in eval mode
             # independently of the export's own check: a fresh input through the runtime against the model
             pixel_values = torch.randn(1, 3, height, width)
             with torch.no_grad():
