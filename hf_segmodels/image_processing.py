@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
+from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict, is_scaled_image
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, logging
 
@@ -75,12 +75,16 @@ def _to_channels_last_rgb(image, convert_rgb: bool = True) -> np.ndarray | PIL.I
 
 
 def _looks_rescaled(image) -> bool:
-    """A float array with every value in [0, 1] (transformers' `is_scaled_image` rule)."""
+    """A non-empty float array or tensor that transformers' `is_scaled_image` finds in [0, 1]."""
     if isinstance(image, torch.Tensor):
-        return image.is_floating_point() and image.numel() > 0 and bool(image.min() >= 0) and bool(image.max() <= 1)
-    if isinstance(image, np.ndarray) and image.dtype.kind == "f" and image.size:
-        return bool(image.min() >= 0) and bool(image.max() <= 1)
-    return False
+        image = image.detach().cpu().numpy()
+    return isinstance(image, np.ndarray) and image.dtype.kind == "f" and image.size > 0 and is_scaled_image(image)
+
+
+def crop_to_pixel_mask(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """`pixel_values` (..., H, W) cut to the extent of one image's `pixel_mask` (H, W): the bottom / right padding of a
+    padding processor (MaskFormer's) removed."""
+    return pixel_values[..., : int(pixel_mask.any(1).sum()), : int(pixel_mask.any(0).sum())]
 
 
 def _as_image_list(images) -> list:

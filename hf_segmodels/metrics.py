@@ -25,6 +25,14 @@ MEAN_IOU = str(Path(__file__).resolve().parent / "evaluate_modules" / "mean_iou"
 PANOPTIC_QUALITY = str(Path(__file__).resolve().parent / "evaluate_modules" / "panoptic_quality")
 
 
+def as_numpy(value) -> np.ndarray:
+    """A class or segment-id map (torch tensor, NumPy array or nested lists) as a NumPy array; what the `evaluate`
+    modules store."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
 def _as_tensor(value) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value

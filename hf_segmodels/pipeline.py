@@ -18,7 +18,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
-from .image_processing import panoptic_from_class_scores, resized_class_scores
+from .image_processing import crop_to_pixel_mask, panoptic_from_class_scores, resized_class_scores
 from .inference import infer_logits
 from .protocol import get_test_protocol
 
@@ -66,8 +66,7 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
         pixel_values = model_inputs["pixel_values"]
         if "pixel_mask" in model_inputs:
             # A padding processor (MaskFormer): the image's own extent; full_resolution_logits pads as the original.
-            mask = model_inputs["pixel_mask"][0]
-            pixel_values = pixel_values[..., : int(mask.any(1).sum()), : int(mask.any(0).sum())]
+            pixel_values = crop_to_pixel_mask(pixel_values, model_inputs["pixel_mask"][0])
         logits = infer_logits(self.model, pixel_values, protocol=protocol)
         return {"protocol_scores": SemanticSegmenterOutput(logits=logits), "target_size": target_size}
 

@@ -184,6 +184,12 @@ def protocol_from_original_test_cfg(architecture: str, cfg: dict) -> TestProtoco
     raise ValueError(f"Unknown architecture {architecture!r}.")
 
 
+def mmcv_test_cfg(cfg: dict) -> dict | None:
+    """The `test_cfg` of an mmcv / mmsegmentation config: under `model` (mmseg 0.x / 1.x) or at the top level (the
+    older configs of SETR and SegFormer)."""
+    return (cfg.get("model") or {}).get("test_cfg") or cfg.get("test_cfg")
+
+
 def protocol_from_side_file(test_cfg: dict | None, image_processor, source: str) -> "TestProtocol | None":
     """The protocol a checkpoint's own side file states, for conversions of checkpoints that are not a known release:
     its test-time inference (`test_cfg` of an mmseg / mmcv config: `mode`, `crop_size`, `stride`; Segmenter's

@@ -29,7 +29,7 @@ from ..conversion_utils import (
     load_state_dict_strict,
     rename_keys,
 )
-from ..protocol import apply_test_protocol, protocol_from_side_file
+from ..protocol import apply_test_protocol, mmcv_test_cfg, protocol_from_side_file
 from .configuration_segformer import MIT_ENCODERS, SegformerConfig
 from .image_processing_segformer import SegformerImageProcessor
 from .modeling_segformer import SegformerForSemanticSegmentation
@@ -495,7 +495,7 @@ def convert_segformer_checkpoint(
     model = SegformerForSemanticSegmentation(config)
     load_state_dict_strict(model, converted)
     if source != "transformers" and cfg is not None:
-        test_cfg = (cfg.get("model") or {}).get("test_cfg") or cfg.get("test_cfg")
+        test_cfg = mmcv_test_cfg(cfg)
         where = Path(config_path).name if config_path is not None else f"{checkpoint_path.name}'s meta"
         apply_test_protocol(model, processor, protocol_from_side_file(test_cfg, processor, f"test_cfg of {where}"))
     return model.eval(), processor

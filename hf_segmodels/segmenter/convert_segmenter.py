@@ -15,7 +15,7 @@ from ..conversion_utils import (
     load_state_dict_strict,
     rename_keys,
 )
-from ..protocol import apply_test_protocol, protocol_from_side_file
+from ..protocol import apply_test_protocol, mmcv_test_cfg, protocol_from_side_file
 from .configuration_segmenter import NORMALIZATION, SegmenterConfig
 from .image_processing_segmenter import SegmenterImageProcessor
 from .modeling_segmenter import SegmenterForSemanticSegmentation
@@ -246,7 +246,7 @@ def convert_segmenter_checkpoint(
     elif source == "mmseg":
         cfg = load_python_config(config_path)
         config, processor = config_from_mmseg(cfg)
-        test_cfg = (cfg.get("model") or {}).get("test_cfg") or cfg.get("test_cfg")
+        test_cfg = mmcv_test_cfg(cfg)
         checkpoint = load_checkpoint(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
         state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
         classes = (checkpoint.get("meta") or {}).get("dataset_meta", {}).get("classes")

@@ -19,7 +19,7 @@ from ..conversion_utils import (
     load_state_dict_strict,
     rename_keys,
 )
-from ..protocol import apply_test_protocol, protocol_from_side_file
+from ..protocol import apply_test_protocol, mmcv_test_cfg, protocol_from_side_file
 from .configuration_setr import SetrConfig
 from .image_processing_setr import SetrImageProcessor
 from .modeling_setr import SetrForSemanticSegmentation
@@ -542,7 +542,7 @@ def convert_setr_checkpoint(
         converted = convert_mmseg_state_dict(state_dict, config, plan)
     model = SetrForSemanticSegmentation(config)
     load_state_dict_strict(model, converted)
-    test_cfg = (cfg.get("model") or {}).get("test_cfg") or cfg.get("test_cfg")
+    test_cfg = mmcv_test_cfg(cfg)
     protocol = protocol_from_side_file(test_cfg, processor, f"test_cfg of {Path(config_path).name}")
     apply_test_protocol(model, processor, protocol)
     return model.eval(), processor

@@ -10,7 +10,7 @@ import PIL.Image
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 
-from ..image_processing import _to_channels_last_rgb
+from ..image_processing import _to_channels_last_rgb, crop_to_pixel_mask
 from .augmentation import TrainAugmentation
 
 _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -320,8 +320,7 @@ def eval_sample(image_processor, image: np.ndarray, label: np.ndarray) -> dict:
     encoded = image_processor(image, return_tensors="pt")
     pixel_values = encoded["pixel_values"][0]
     if "pixel_mask" in encoded:  # a padding processor (MaskFormer): the inference path pads the image itself
-        rows, cols = encoded["pixel_mask"][0].any(1), encoded["pixel_mask"][0].any(0)
-        pixel_values = pixel_values[:, : int(rows.sum()), : int(cols.sum())]
+        pixel_values = crop_to_pixel_mask(pixel_values, encoded["pixel_mask"][0])
     return {"pixel_values": pixel_values, "labels": torch.from_numpy(label)}
 
 

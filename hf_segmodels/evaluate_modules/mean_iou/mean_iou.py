@@ -16,7 +16,7 @@ import evaluate
 import numpy as np
 import torch
 
-from hf_segmodels.metrics import SegmentationMetric
+from hf_segmodels.metrics import SegmentationMetric, as_numpy
 
 _DESCRIPTION = """Intersection over union per class and its mean over the classes present (mIoU), per-class and mean
 pixel accuracy, and overall pixel accuracy, for semantic segmentation maps."""
@@ -44,14 +44,8 @@ year = {2020}
 }"""
 
 
-def _as_array(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _as_arrays(values) -> list[np.ndarray] | None:
-    return None if values is None else [_as_array(value) for value in values]
+    return None if values is None else [as_numpy(value) for value in values]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -76,8 +70,8 @@ class MeanIoU(evaluate.Metric):
 
     def add(self, *, prediction=None, reference=None, **kwargs):
         """Adds one (H, W) prediction / reference map."""
-        prediction = None if prediction is None else _as_array(prediction)
-        reference = None if reference is None else _as_array(reference)
+        prediction = None if prediction is None else as_numpy(prediction)
+        reference = None if reference is None else as_numpy(reference)
         return super().add(prediction=prediction, reference=reference, **kwargs)
 
     def compute(self, *, predictions=None, references=None, **kwargs):

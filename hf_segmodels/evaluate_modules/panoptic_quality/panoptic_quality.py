@@ -18,7 +18,7 @@ import evaluate
 import numpy as np
 import torch
 
-from hf_segmodels.metrics import PanopticQualityMetric
+from hf_segmodels.metrics import PanopticQualityMetric, as_numpy
 
 _DESCRIPTION = """Panoptic quality PQ = SQ x RQ, averaged over the classes that occur, with the matching rules of the
 COCO panopticapi (IoU > 0.5 matches; void and crowd regions ignored)."""
@@ -43,12 +43,6 @@ _CITATION = """@inproceedings{kirillov2019panoptic,
 }"""
 
 _SEGMENT = {"id": datasets.Value("int64"), "label_id": datasets.Value("int64"), "iscrowd": datasets.Value("int64")}
-
-
-def _as_array(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def _segments(segments_info) -> list[dict]:
@@ -82,8 +76,8 @@ class PanopticQuality(evaluate.Metric):
     @staticmethod
     def _batch(predictions, references, prediction_segments_info, reference_segments_info) -> dict:
         return {
-            "predictions": None if predictions is None else [_as_array(p) for p in predictions],
-            "references": None if references is None else [_as_array(r) for r in references],
+            "predictions": None if predictions is None else [as_numpy(p) for p in predictions],
+            "references": None if references is None else [as_numpy(r) for r in references],
             "prediction_segments_info": None if prediction_segments_info is None
             else [_segments(s) for s in prediction_segments_info],
             "reference_segments_info": None if reference_segments_info is None
@@ -100,8 +94,8 @@ class PanopticQuality(evaluate.Metric):
             **kwargs):
         """Adds one image: its segment-id maps and their segments_info lists."""
         return super().add(
-            prediction=None if prediction is None else _as_array(prediction),
-            reference=None if reference is None else _as_array(reference),
+            prediction=None if prediction is None else as_numpy(prediction),
+            reference=None if reference is None else as_numpy(reference),
             prediction_segments_info=None if prediction_segments_info is None
             else _segments(prediction_segments_info),
             reference_segments_info=None if reference_segments_info is None else _segments(reference_segments_info),
