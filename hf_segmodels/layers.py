@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .onednn import linear as onednn_linear, linear_gelu as onednn_linear_gelu, project as onednn_project
+from .onednn import Linear
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -101,48 +100,33 @@ class MultiHeadSelfAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = attention_dropout
         self.is_causal = False
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
-        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.qkv = Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
+        self.proj = Linear(hidden_size, hidden_size)
         self.proj_dropout = nn.Dropout(dropout)
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, residual: torch.Tensor | None = None
-    ):
-        """(B, N, C) -> (B, N, C), and the attention probabilities (B, heads, N, N) when requested. With `residual`
-        (B, N, C) the output is `residual + attention(hidden_states)`, the addition fused into the output projection
-        at CPU inference (`hf_segmodels.onednn`)."""
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        """(B, N, C) -> (B, N, C), and the attention probabilities (B, heads, N, N) when requested (else None)."""
         batch, length, channels = hidden_states.shape
         query, key, value = (
-            onednn_linear(self.qkv, hidden_states)
-            .view(batch, length, 3, self.num_heads, self.head_dim)
-            .permute(2, 0, 3, 1, 4)
+            self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
         output, weights = attend(self, query, key, value, output_attentions)
-        return onednn_project(self.proj, output.reshape(batch, length, channels), self.proj_dropout, residual), weights
+        return self.proj_dropout(self.proj(output.reshape(batch, length, channels))), weights
 
 
 class FeedForward(nn.Module):
-    """Linear -> activation -> dropout -> Linear -> dropout."""
+    """Linear -> activation -> dropout -> Linear -> dropout. The activation belongs to `fc1` (an exact GELU is
+    applied inside the product at CPU inference, see `hf_segmodels.onednn.Linear`)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "gelu", dropout: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.activation = ACT2FN[hidden_act]
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc1 = Linear(hidden_size, intermediate_size, activation=hidden_act)
+        self.fc2 = Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
-        # ACT2FN["gelu"] is the exact (erf) GELU, which oneDNN can apply inside the first product.
-        self.exact_gelu = hidden_act == "gelu"
 
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, C) -> (B, N, C); with `residual` (B, N, C), `residual + FFN(hidden_states)`. In eval mode on the
-        CPU the activation and the residual addition are fused into the two products (`hf_segmodels.onednn`)."""
-        if self.training:
-            hidden_states = self.dropout(self.activation(self.fc1(hidden_states)))
-        elif self.exact_gelu:
-            hidden_states = onednn_linear_gelu(self.fc1, hidden_states)
-        else:
-            hidden_states = self.activation(onednn_linear(self.fc1, hidden_states))
-        return onednn_project(self.fc2, hidden_states, self.dropout, residual)
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        return self.dropout(self.fc2(self.dropout(self.fc1(hidden_states))))
 
 
 class TransformerLayer(GradientCheckpointingLayer):
@@ -170,16 +154,9 @@ class TransformerLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         """(B, N, C) -> (B, N, C), attention probabilities or None."""
-        if self.training:
-            attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
-            hidden_states = hidden_states + self.drop_path(attention_output)
-            hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
-            return hidden_states, weights
-        # Eval: stochastic depth and dropout are identities, the residual additions go into the output products.
-        hidden_states, weights = self.attention(
-            self.layernorm_before(hidden_states), output_attentions, residual=hidden_states
-        )
-        hidden_states = self.mlp(self.layernorm_after(hidden_states), residual=hidden_states)
+        attention_output, weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
         return hidden_states, weights
 
 
@@ -268,14 +245,13 @@ class ViTEncoderOutput(ModelOutput):
     last_hidden_state (`torch.FloatTensor` of shape `(B, extra + h * w, hidden_size)`): output of the last layer
         (after the final LayerNorm when the config has one); extra = cls and distillation tokens.
     grid_size (`tuple[int, int]`): the patch grid (h, w) of the zero-padded input.
-    hidden_states (`tuple[torch.FloatTensor]`): embeddings and the output of every layer (before any final norm).
-    attentions (`tuple[torch.FloatTensor]`): attention probabilities (B, heads, N, N) of every layer.
+    layer_outputs (`tuple[torch.FloatTensor]`): the outputs (B, extra + h * w, hidden_size) of the layers named in
+        `return_layers` (0-based, before any final norm), in that order.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     grid_size: tuple[int, int] | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+    layer_outputs: tuple[torch.FloatTensor, ...] | None = None
 
 
 class ViTEncoder(nn.Module):
@@ -286,6 +262,9 @@ class ViTEncoder(nn.Module):
     patch_size, image_size, num_channels, layer_norm_eps, hidden_act, qkv_bias, hidden_dropout_prob,
     attention_probs_dropout_prob, drop_path_rate; plus use_cls_token, distilled, patch_embeddings_bias,
     use_final_layer_norm, position_embedding_interpolation.
+
+    Hidden states and attention probabilities of every layer are recorded by the models' `_can_record_outputs`
+    (transformers' output capturing), not collected here.
     """
 
     def __init__(self, config):
@@ -317,22 +296,23 @@ class ViTEncoder(nn.Module):
         return self.embeddings.num_extra_tokens
 
     def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+        self, pixel_values: torch.Tensor, output_attentions: bool = False, return_layers: tuple[int, ...] = ()
     ) -> ViTEncoderOutput:
-        """pixel_values (B, C, H, W) of any size -> `ViTEncoderOutput` over the padded input's patch grid."""
+        """pixel_values (B, C, H, W) of any size -> `ViTEncoderOutput` over the padded input's patch grid, with the
+        outputs of the layers `return_layers` (0-based indices into the layers)."""
+        num_layers = len(self.layers)
+        if any(not 0 <= index < num_layers for index in return_layers):
+            raise ValueError(f"`return_layers` {tuple(return_layers)} must be layer indices in [0, {num_layers}).")
         hidden_states, grid = self.embeddings(pad_to_multiple(pixel_values, self.config.patch_size))
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (weights,)
+        kept = {}
+        for index, layer in enumerate(self.layers):
+            hidden_states, _ = layer(hidden_states, output_attentions)
+            if index in return_layers:
+                kept[index] = hidden_states
         if self.layernorm is not None:
             hidden_states = self.layernorm(hidden_states)
         return ViTEncoderOutput(
-            last_hidden_state=hidden_states, grid_size=grid, hidden_states=all_hidden_states, attentions=all_attentions
+            last_hidden_state=hidden_states, grid_size=grid, layer_outputs=tuple(kept[i] for i in return_layers)
         )
 
 

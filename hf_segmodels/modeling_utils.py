@@ -66,15 +66,6 @@ class SegmentationPreTrainedModel(RemoteCodeModelMixin, PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
-    def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
-        """The forward's `output_hidden_states`, `output_attentions`, `return_dict`, each defaulting to the config."""
-        config = self.config
-        return (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states,
-            output_attentions if output_attentions is not None else config.output_attentions,
-            return_dict if return_dict is not None else config.return_dict,
-        )
-
 
 class SegmentationModelMixin:
     """Mixed into every `...ForSemanticSegmentation` model.

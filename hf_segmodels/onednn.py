@@ -1,10 +1,8 @@
-"""Linear layers through oneDNN with the activation or the residual addition fused, for CPU inference.
+"""A Linear layer through oneDNN with the activation fused, for CPU inference.
 
-PyTorch runs `nn.Linear` on the CPU through MKL's sgemm, then the activation and the residual addition as separate
-passes over the output. oneDNN's matrix product (the kernel `torch.compile`'s CPU backend uses, exposed eagerly as
-`torch.ops.mkldnn._linear_pointwise`) measured 5-10% faster than sgemm on the token-by-channel products of a ViT
-(e.g. 1025 x 768 @ 768 x 3072 at one thread: 44.7 vs 49.4 ms) and applies an exact (erf) GELU or adds the residual
-while the output is still in cache. The result is the same product in float32 (no reduced-precision modes: errors
+PyTorch runs `nn.Linear` on the CPU through MKL's sgemm, then the activation as a separate pass over the output. oneDNN's matrix product (the kernel `torch.compile`'s CPU backend uses, exposed eagerly as
+`torch.ops.mkldnn._linear_pointwise`) is faster than sgemm on the token-by-channel products of a ViT (measured in
+`benchmarks/bench_segmenter.py`) and applies an exact (erf) GELU while the output is still in cache. The result is the same product in float32 (no reduced-precision modes: errors
 ~1e-6 relative, the size of a different summation order). Used only where it can be: CPU float32 tensors, no autograd
 (training keeps PyTorch's kernels and their backward), no autocast, not while `torch.compile` traces (the compiler
 fuses by itself) nor while a graph is exported or traced. Switched off with the other fast kernels in
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
+from transformers.activations import ACT2FN
 
 from .kernels import active as kernel_active
 
@@ -48,33 +47,28 @@ def usable(x: torch.Tensor, layer: nn.Linear) -> bool:
     )
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` for `x` (..., in_features) -> (..., out_features)."""
-    if usable(x, layer):
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
-    return layer(x)
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, same state-dict keys) that runs through oneDNN when `usable`, optionally followed
+    by an activation: `activation="gelu"` (exact, erf) is applied inside the product's output loop on the oneDNN path;
+    any other `ACT2FN` name is applied after the product. Input (..., in_features) -> (..., out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None, **kwargs):
+        super().__init__(in_features, out_features, bias, **kwargs)
+        self.activation_name = activation
+        self.activation = ACT2FN[activation] if activation is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if usable(x, self):
+            if self.activation_name == "gelu":
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu", [], "none")
+            x = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        else:
+            x = F.linear(x, self.weight, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+    def extra_repr(self) -> str:
+        activation = f", activation={self.activation_name}" if self.activation_name is not None else ""
+        return super().extra_repr() + activation
 
 
-def linear_gelu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`F.gelu(layer(x))` (exact GELU), the activation applied inside the product's output loop when `usable`."""
-    if usable(x, layer):
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")
-    return F.gelu(layer(x))
-
-
-def linear_add(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """`residual + layer(x)`, the addition done inside the product's output loop when `usable`; `residual` has the
-    output's shape."""
-    if usable(x, layer) and residual.dtype == torch.float32 and residual.shape[-1] == layer.out_features:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
-    return residual + layer(x)
-
-
-def project(layer: nn.Linear, x: torch.Tensor, dropout: nn.Module, residual: torch.Tensor | None = None):
-    """The output projection of an attention or feed-forward block: `dropout(layer(x))`, plus `residual` when given.
-    Outside training (`dropout` in eval mode, hence the identity) the addition is fused into the product."""
-    if residual is None:
-        return dropout(linear(layer, x))
-    if dropout.training:
-        return residual + dropout(layer(x))
-    return linear_add(layer, x, residual)
+__all__ = ["Linear", "usable"]

@@ -136,15 +136,18 @@ def worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def conv2d(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)`, through `conv3x3` when the convolution is a dense 3x3 / stride 1 / padding 1 one and `worthwhile`."""
-    if (
-        conv.stride == (1, 1)
-        and conv.padding == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and worthwhile(x, conv.weight)
-    ):
-        return conv3x3(x, conv.weight, conv.bias)
-    return conv(x)
+class Conv2d(torch.nn.Conv2d):
+    """`nn.Conv2d` (same parameters and state-dict keys) that runs through `conv3x3` when it is a dense 3x3 / stride 1
+    / padding 1 convolution and `worthwhile` for the input, through PyTorch's convolution otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and worthwhile(x, self.weight)
+        ):
+            return conv3x3(x, self.weight, self.bias)
+        return super().forward(x)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_maskformer_utils import NUM_LABELS, STAGES, tiny_backbone, tiny_decoder, tiny_transformers_model
 from transformers import AutoModelForInstanceSegmentation, AutoModelForSemanticSegmentation
 from transformers import AutoModelForUniversalSegmentation
@@ -170,23 +171,29 @@ def tiny_config(**kwargs):
 def test_folded_mask_projection_equals_per_pixel_embeddings():
     """The inference paths that need only the masks (`full_resolution_logits`, `infer_logits`) fold the mask
     projection into the mask embeddings (no per-pixel embeddings); `forward` computes them the long way and always
-    returns them (transformers' contract). Both must agree, batch > 1 included."""
+    returns them (transformers' contract), whatever is cheaper. Both must agree, batch > 1 included."""
     torch.manual_seed(0)
     model = MaskFormerForUniversalSegmentation(tiny_config()).eval()
     pixel_values = torch.randn(3, 3, 64, 96)
     with torch.no_grad():
-        folded = model._forward(pixel_values, None, None, None, False, False, False, True, None,
-                                fold_mask_projection=True)  # fmt: skip
+        _, fpn_outputs, queries, _ = model._decode(pixel_values, output_intermediate=False)
+        folded_classes, folded_masks, folded_embeddings = model.mask_classification(
+            queries, fpn_outputs[-1], fold_projection=True
+        )
         long_way = model(pixel_values=pixel_values)
+        scores = model.full_resolution_logits(pixel_values)
         embeddings = long_way.pixel_decoder_last_hidden_state
         direct = torch.einsum("bqc,bchw->bqhw", model.mask_embedder(long_way.transformer_decoder_last_hidden_state),
                               embeddings)
-    assert folded.pixel_decoder_last_hidden_state is None and embeddings.shape == (3, 32, 16, 24)
+    assert folded_embeddings is None and embeddings.shape == (3, 32, 16, 24)
     assert model.pixel_decoder.folding_is_cheaper(model.config.num_queries)
     assert not model.pixel_decoder.folding_is_cheaper(10 * model.config.mask_feature_size)
-    torch.testing.assert_close(folded.masks_queries_logits, long_way.masks_queries_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(folded.masks_queries_logits, direct, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(folded.logits, long_way.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded_classes, long_way.class_queries_logits, atol=0, rtol=0)
+    torch.testing.assert_close(folded_masks, long_way.masks_queries_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded_masks, direct, atol=1e-5, rtol=1e-5)
+    masks = F.interpolate(long_way.masks_queries_logits, size=(64, 96), mode="bilinear", align_corners=False)
+    expected = torch.einsum("bqc,bqhw->bchw", long_way.class_queries_logits.softmax(-1)[..., :-1], masks.sigmoid())
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_sdpa_and_eager_agree_and_attentions():

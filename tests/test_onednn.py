@@ -35,69 +35,75 @@ def ran_onednn(function) -> bool:
 @pytest.fixture
 def layer_and_inputs():
     generator = torch.Generator().manual_seed(0)
-    layer = torch.nn.Linear(48, 96)
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(48, 96)
     x = torch.randn(2, 37, 48, generator=generator)
-    residual = torch.randn(2, 37, 96, generator=generator)
-    return layer, x, residual
+    return plain, x
+
+
+def fast(plain: torch.nn.Linear, activation: str | None = None) -> onednn.Linear:
+    """An `onednn.Linear` holding `plain`'s parameters (same state-dict keys)."""
+    layer = onednn.Linear(plain.in_features, plain.out_features, activation=activation)
+    layer.load_state_dict(plain.state_dict())
+    return layer
 
 
 def test_fused_products_equal_pytorch(layer_and_inputs):
-    layer, x, residual = layer_and_inputs
+    plain, x = layer_and_inputs
     with torch.no_grad():
         cases = [
-            (lambda: onednn.linear(layer, x), layer(x)),
-            (lambda: onednn.linear_gelu(layer, x), F.gelu(layer(x))),
-            (lambda: onednn.linear_add(layer, x, residual), residual + layer(x)),
-            (lambda: onednn.linear(layer, x[0]), layer(x[0])),  # 2-D input
+            (fast(plain), x, plain(x)),
+            (fast(plain, "gelu"), x, F.gelu(plain(x))),
+            (fast(plain, "relu"), x, F.relu(plain(x))),
+            (fast(plain), x[0], plain(x[0])),  # 2-D input
         ]
-        for function, expected in cases:
-            assert ran_onednn(function)
-            actual = function()
+        for layer, inputs, expected in cases:
+            assert ran_onednn(lambda: layer(inputs))
+            actual = layer(inputs)
             assert actual.shape == expected.shape and actual.dtype == torch.float32
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    assert set(fast(plain, "gelu").state_dict()) == {"weight", "bias"}
 
 
 def test_pytorch_kernels_wherever_onednn_does_not_apply(layer_and_inputs):
-    layer, x, residual = layer_and_inputs
+    plain, x = layer_and_inputs
+    layer = fast(plain, "gelu")
     # autograd: training keeps PyTorch's kernels, and gradients flow
-    assert not ran_onednn(lambda: onednn.linear_add(layer, x, residual))
-    output = onednn.linear_gelu(layer, x)
-    output.sum().backward()
+    assert not ran_onednn(lambda: layer(x))
+    layer(x).sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        assert not ran_onednn(lambda: onednn.linear(layer.double(), x.double()))
+        assert not ran_onednn(lambda: layer.double()(x.double()))
         layer.float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not ran_onednn(lambda: onednn.linear(layer, x))
-            assert onednn.linear(layer, x).dtype == torch.bfloat16
-        try:
-            kernels.enabled["onednn"] = False
-            assert not ran_onednn(lambda: onednn.linear_gelu(layer, x))
-        finally:
-            kernels.enabled["onednn"] = True
-        assert ran_onednn(lambda: onednn.linear_gelu(layer, x))
+            assert not ran_onednn(lambda: layer(x))
+            assert layer(x).dtype == torch.bfloat16
+        with kernels.disabled("onednn"):
+            assert not ran_onednn(lambda: layer(x))
+            torch.testing.assert_close(layer(x), F.gelu(plain(x)), rtol=1e-6, atol=1e-6)
+        assert ran_onednn(lambda: layer(x))
 
 
 def test_flop_counter_counts_the_onednn_products(layer_and_inputs):
-    layer, x, residual = layer_and_inputs
+    plain, x = layer_and_inputs
+    layers = [fast(plain), fast(plain, "gelu")]
     counts = []
     for enabled in (True, False):
         kernels.enabled["onednn"] = enabled
         try:
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                onednn.linear(layer, x)
-                onednn.linear_gelu(layer, x)
-                onednn.linear_add(layer, x, residual)
+                for layer in layers:
+                    layer(x)
             counts.append(counter.get_total_flops())
         finally:
             kernels.enabled["onednn"] = True
-    assert counts[0] == counts[1] == 3 * 2 * 2 * 37 * 48 * 96
+    assert counts[0] == counts[1] == 2 * 2 * 2 * 37 * 48 * 96
 
 
 @pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
 def test_transformer_layer_eval_path_equals_the_training_path(hidden_act):
-    """In eval mode the layer adds its residuals inside the products (and fuses exact GELU); with dropout and
-    stochastic depth at zero the training-mode computation is the same function."""
+    """One forward body: in eval mode the products run through oneDNN (exact GELU fused into fc1); with dropout and
+    stochastic depth at zero the training-mode computation (PyTorch's kernels) is the same function."""
     torch.manual_seed(0)
     config = SegmenterConfig(hidden_size=64, num_attention_heads=4)
     layer = TransformerLayer(config, 64, 4, 256, 1e-6, hidden_act=hidden_act)

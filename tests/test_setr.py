@@ -83,7 +83,7 @@ def test_original_pup_classifier_runs_before_the_last_upsampling():
 def _manual_loss(model, pixel_values, labels):
     """Main + 0.4 x auxiliary cross-entropies, each head's logits resized bilinearly to the labels."""
     config = model.config
-    hidden = model.encoder(pixel_values, output_hidden_states=True)
+    hidden = model.encoder(pixel_values, return_layers=tuple(range(config.num_hidden_layers)))
     extra, grid = model.encoder.num_extra_tokens, hidden.grid_size
 
     def ce(logits):
@@ -91,13 +91,13 @@ def _manual_loss(model, pixel_values, labels):
         return F.cross_entropy(logits, labels, ignore_index=255)
 
     if config.decoder_type == "mla":
-        tokens = [hidden.hidden_states[layer + 1][:, extra:] for layer in config.mla_layer_indices]
+        tokens = [hidden.layer_outputs[layer][:, extra:] for layer in config.mla_layer_indices]
         logits, streams = model.decode_head(tokens, grid)
         auxiliary = [head(streams[config.mla_layer_indices.index(layer)])
                      for head, layer in zip(model.auxiliary_heads, config.auxiliary_layer_indices)]
     else:
-        logits = model.decode_head(hidden.hidden_states[config.decoder_layer_index + 1][:, extra:], grid)
-        auxiliary = [head(hidden.hidden_states[layer + 1][:, extra:], grid)
+        logits = model.decode_head(hidden.layer_outputs[config.decoder_layer_index][:, extra:], grid)
+        auxiliary = [head(hidden.layer_outputs[layer][:, extra:], grid)
                      for head, layer in zip(model.auxiliary_heads, config.auxiliary_layer_indices)]
     return ce(logits) + sum(0.4 * ce(aux) for aux in auxiliary)
 
@@ -175,10 +175,10 @@ def test_encoder_equals_transformers_vit_on_identical_weights(tmp_path):
     load_pretrained_vit(model.encoder, tmp_path)
     pixel_values = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        ours = model.encoder(pixel_values, output_hidden_states=True).hidden_states
+        ours = model.encoder(pixel_values, return_layers=(0, 3)).layer_outputs
         theirs = reference(pixel_values, output_hidden_states=True).hidden_states
-    for index in (1, 4):
-        torch.testing.assert_close(ours[index], theirs[index], atol=1e-5, rtol=1e-5)
+    for layer, index in enumerate((1, 4)):
+        torch.testing.assert_close(ours[layer], theirs[index], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("decoder_type", ["pup", "mla"])

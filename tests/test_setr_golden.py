@@ -61,9 +61,9 @@ def test_encoder_features_mmseg(golden_dir, converted, case):
     pixel_values = torch.from_numpy(_load(golden_dir, case, "input.npy"))
     features = _load(golden_dir, case, "features.npz")
     with torch.no_grad():
-        outputs = model.encoder(pixel_values, output_hidden_states=True)
+        outputs = model.encoder(pixel_values, return_layers=(0, 1, 2, 3))
     for index in range(4):  # out_indices (0, 1, 2, 3); the cls token is dropped
-        ours = tokens_to_feature_map(outputs.hidden_states[index + 1][:, 1:], outputs.grid_size)
+        ours = tokens_to_feature_map(outputs.layer_outputs[index][:, 1:], outputs.grid_size)
         np.testing.assert_allclose(ours.numpy(), features[f"feat_{index}"], rtol=0, atol=1e-4)
 
 
@@ -72,8 +72,8 @@ def test_mla_streams_match_mmseg_neck_outputs(golden_dir, converted):
     pixel_values = torch.from_numpy(_load(golden_dir, "setr_mla_tiny", "input.npy"))
     features = _load(golden_dir, "setr_mla_tiny", "features.npz")
     with torch.no_grad():
-        outputs = model.encoder(pixel_values, output_hidden_states=True)
-        tokens = [outputs.hidden_states[layer + 1] for layer in model.config.mla_layer_indices]
+        outputs = model.encoder(pixel_values, return_layers=tuple(model.config.mla_layer_indices))
+        tokens = list(outputs.layer_outputs)
         streams = model.decode_head.aggregation(tokens, outputs.grid_size)
     # mmseg's neck returns the deepest-only stream first; ours are shallowest first.
     for index in range(4):
@@ -85,10 +85,9 @@ def test_original_encoder_features(golden_dir, converted):
     pixel_values = torch.from_numpy(_load(golden_dir, "setr_original_pup_tiny", "input.npy"))
     features = _load(golden_dir, "setr_original_pup_tiny", "features.npz")
     with torch.no_grad():
-        outputs = model.encoder(pixel_values, output_hidden_states=True)
+        outputs = model.encoder(pixel_values, return_layers=(0, 1, 2, 3))
     for index in range(4):  # every block's tokens, cls token included
-        np.testing.assert_allclose(outputs.hidden_states[index + 1].numpy(), features[f"feat_{index}"], atol=1e-4,
-                                   rtol=0)
+        np.testing.assert_allclose(outputs.layer_outputs[index].numpy(), features[f"feat_{index}"], atol=1e-4, rtol=0)
 
 
 def test_converted_configs_and_auxiliary_heads(golden_dir, converted):

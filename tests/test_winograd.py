@@ -24,6 +24,14 @@ def test_conv3x3_equals_conv2d(shape, with_bias):
     torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=2e-5)
 
 
+def as_winograd(conv: torch.nn.Conv2d) -> winograd.Conv2d:
+    """A `winograd.Conv2d` with `conv`'s geometry and parameters (same state-dict keys)."""
+    layer = winograd.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                            padding=conv.padding)
+    layer.load_state_dict(conv.state_dict())
+    return layer
+
+
 def test_winograd_is_used_only_where_it_pays_off():
     conv = torch.nn.Conv2d(64, 64, 3, padding=1)
     big, small = torch.randn(1, 64, 64, 64), torch.randn(1, 64, 16, 16)
@@ -35,11 +43,11 @@ def test_winograd_is_used_only_where_it_pays_off():
     assert not winograd.worthwhile(big, conv.weight)  # autograd: training keeps PyTorch's kernels
     with torch.no_grad():
         strided = torch.nn.Conv2d(64, 64, 3, padding=1, stride=2)
-        torch.testing.assert_close(winograd.conv2d(strided, big), strided(big), rtol=0, atol=0)
+        torch.testing.assert_close(as_winograd(strided)(big), strided(big), rtol=0, atol=0)
         try:
             kernels.enabled["winograd"] = False
             assert not winograd.worthwhile(big, conv.weight)
-            torch.testing.assert_close(winograd.conv2d(conv, big), conv(big), rtol=0, atol=0)
+            torch.testing.assert_close(as_winograd(conv)(big), conv(big), rtol=0, atol=0)
         finally:
             kernels.enabled["winograd"] = True
 
@@ -59,7 +67,7 @@ def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
     monkeypatch.setattr("hf_segmodels.maskformer.modeling_maskformer.winograd_conv3x3", counting)
     with torch.no_grad():
         fast = model(pixel_values=pixel_values)
-        assert len(calls) == 2  # the 1/4 output conv and the folded mask projection
+        assert len(calls) == 2  # the 1/4 output conv and the mask projection
         monkeypatch.setitem(kernels.enabled, "winograd", False)
         direct = model(pixel_values=pixel_values)
     assert len(calls) == 2
@@ -83,6 +91,6 @@ def test_winograd_convolution_compiles_and_steps_aside_under_compile():
             graphs.append(str(graph_module.code))
             return graph_module.forward
 
-        compiled = torch.compile(lambda v: winograd.conv2d(conv, v), backend=backend, fullgraph=True)
+        compiled = torch.compile(as_winograd(conv), backend=backend, fullgraph=True)
         torch.testing.assert_close(compiled(x), conv(x), rtol=0, atol=0)
         assert "conv2d" in graphs[0] and "einsum" not in graphs[0] and "bmm" not in graphs[0]

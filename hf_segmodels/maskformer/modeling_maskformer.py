@@ -11,12 +11,13 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..kernels import capturing
 from ..layers import attend, init_vit_weights
 from ..losses import check_semantic_labels
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
-from ..winograd import conv2d as winograd_conv2d, conv3x3 as winograd_conv3x3, worthwhile as winograd_worthwhile
+from ..winograd import Conv2d as WinogradConv2d, conv3x3 as winograd_conv3x3, worthwhile as winograd_worthwhile
 from .backbones import MaskFormerViTBackbone, backbone_feature_maps, build_backbone
 from .configuration_maskformer import MaskFormerConfig
 from .loss_maskformer import MaskFormerLoss
@@ -89,56 +90,58 @@ class MaskFormerConvNormLayer(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, activation: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        # (wide 3x3 convolutions run as Winograd F(4x4, 3x3) at CPU inference, see winograd.py)
+        self.conv = WinogradConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.norm = nn.GroupNorm(32, out_channels)
         self.activation = nn.ReLU(inplace=True) if activation else nn.Identity()  # on the GroupNorm's fresh output
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # (3x3 convolutions of wide maps run as Winograd F(4x4, 3x3) at CPU inference: ~1.8x faster, see winograd.py)
-        return self.activation(self.norm(winograd_conv2d(self.conv, hidden_states)))
+        return self.activation(self.norm(self.conv(hidden_states)))
 
 
-def add_post_norm_feed_forward(layer: nn.Module, width: int, decoder_config) -> None:
-    """Gives `layer` the modules of a DETR feed-forward block (`fc1`, `activation`, `fc2`, `final_layer_norm`) with
-    the FFN size, activation and dropout of `decoder_config`."""
-    layer.fc1 = nn.Linear(width, decoder_config.decoder_ffn_dim)
-    layer.activation = ACT2FN[decoder_config.activation_function]
-    layer.activation_dropout = decoder_config.activation_dropout
-    layer.fc2 = nn.Linear(decoder_config.decoder_ffn_dim, width)
-    layer.final_layer_norm = nn.LayerNorm(width)
+class MaskFormerPostNormLayer(GradientCheckpointingLayer):
+    """Base of the post-norm DETR layers: their feed-forward block `fc1`, `activation`, `fc2`, `final_layer_norm`
+    (FFN size, activation and dropouts of `config.decoder_config`) and the residual + LayerNorm after every block."""
+
+    def __init__(self, config: MaskFormerConfig, width: int):
+        super().__init__()
+        decoder = config.decoder_config
+        self.dropout = decoder.dropout
+        self.activation_dropout = decoder.activation_dropout
+        self.fc1 = nn.Linear(width, decoder.decoder_ffn_dim)
+        self.activation = ACT2FN[decoder.activation_function]
+        self.fc2 = nn.Linear(decoder.decoder_ffn_dim, width)
+        self.final_layer_norm = nn.LayerNorm(width)
+
+    def add_and_norm(self, hidden_states: torch.Tensor, update: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """norm(hidden_states + dropout(update))."""
+        return norm(hidden_states + F.dropout(update, p=self.dropout, training=self.training))
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """fc1, activation, dropout (`activation_dropout`), fc2, then dropout, residual and `final_layer_norm`."""
+        update = self.activation(self.fc1(hidden_states))
+        update = self.fc2(F.dropout(update, p=self.activation_dropout, training=self.training))
+        return self.add_and_norm(hidden_states, update, self.final_layer_norm)
 
 
-def post_norm_feed_forward(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    """The feed-forward block of a post-norm DETR layer (`layer.fc1`, `.activation`, `.fc2`, `.final_layer_norm`):
-    fc1, activation, dropout (`activation_dropout`), fc2, dropout (`dropout`), residual, LayerNorm."""
-    feed_forward = F.dropout(layer.activation(layer.fc1(hidden_states)), p=layer.activation_dropout,
-                             training=layer.training)
-    feed_forward = F.dropout(layer.fc2(feed_forward), p=layer.dropout, training=layer.training)
-    return layer.final_layer_norm(hidden_states + feed_forward)
-
-
-class MaskFormerEncoderLayer(GradientCheckpointingLayer):
+class MaskFormerEncoderLayer(MaskFormerPostNormLayer):
     """Post-norm DETR encoder layer of the original `TransformerEncoderPixelDecoder`: self-attention over the
     flattened feature map (sine position embeddings added to queries and keys, not to values), then a feed-forward
     network; each followed by dropout, the residual and a LayerNorm."""
 
     def __init__(self, config: MaskFormerConfig):
-        super().__init__()
         decoder = config.decoder_config
         width = config.fpn_feature_size
-        self.dropout = decoder.dropout
+        super().__init__(config, width)
         self.self_attn = MaskFormerAttention(config, width, decoder.decoder_attention_heads, decoder.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(width)
-        add_post_norm_feed_forward(self, width, decoder)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, h*w, C), position_embeddings (h*w, C) -> (B, h*w, C)."""
         queries = hidden_states + position_embeddings
         attended, _ = self.self_attn(queries, queries, hidden_states)
-        hidden_states = self.self_attn_layer_norm(
-            hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
-        )
-        return post_norm_feed_forward(self, hidden_states)
+        hidden_states = self.add_and_norm(hidden_states, attended, self.self_attn_layer_norm)
+        return self.feed_forward(hidden_states)
 
 
 class MaskFormerPixelDecoder(nn.Module):
@@ -168,7 +171,7 @@ class MaskFormerPixelDecoder(nn.Module):
             MaskFormerConvNormLayer(channels, size, 1, activation=False) for channels in feature_channels[-2::-1]
         )
         self.output_convs = nn.ModuleList(MaskFormerConvNormLayer(size, size, 3) for _ in feature_channels[:-1])
-        self.mask_projection = nn.Conv2d(size, config.mask_feature_size, kernel_size=3, padding=1)
+        self.mask_projection = WinogradConv2d(size, config.mask_feature_size, kernel_size=3, padding=1)
 
     @property
     def memory_channels(self) -> int | None:
@@ -206,7 +209,7 @@ class MaskFormerPixelDecoder(nn.Module):
         """features: backbone maps, highest resolution first. Returns the per-pixel embeddings
         (B, mask_feature_size, H/4, W/4) and the FPN outputs (B, fpn_feature_size, ., .), low to high resolution."""
         fpn_outputs, _ = self.fpn(features)
-        return winograd_conv2d(self.mask_projection, fpn_outputs[-1]), fpn_outputs
+        return self.mask_projection(fpn_outputs[-1]), fpn_outputs
 
     def projected_mask_logits(self, fpn_output: torch.Tensor, mask_embeddings: torch.Tensor) -> torch.Tensor:
         """`mask_embeddings . mask_projection(fpn_output)` without the per-pixel embeddings: the projection is linear,
@@ -296,22 +299,20 @@ class MaskFormerAttention(nn.Module):
         return self.o_proj(output.reshape(batch, num_queries, channels)), weights
 
 
-class MaskFormerDecoderLayer(GradientCheckpointingLayer):
+class MaskFormerDecoderLayer(MaskFormerPostNormLayer):
     """Post-norm DETR decoder layer: self-attention among the queries, cross-attention to the image features,
     feed-forward network; each followed by dropout, the residual and a LayerNorm."""
 
     def __init__(self, config: MaskFormerConfig):
-        super().__init__()
         decoder = config.decoder_config
         width = decoder.d_model
         heads = decoder.decoder_attention_heads
-        self.dropout = decoder.dropout
+        super().__init__(config, width)
         # the attention reads `_attn_implementation` from the top-level config, which the model sets
         self.self_attn = MaskFormerAttention(config, width, heads, decoder.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(width)
         self.encoder_attn = MaskFormerAttention(config, width, heads, decoder.attention_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(width)
-        add_post_norm_feed_forward(self, width, decoder)
 
     def forward(
         self,
@@ -325,16 +326,12 @@ class MaskFormerDecoderLayer(GradientCheckpointingLayer):
         values of the cross-attention and `image_keys` (features + sine position embeddings) its keys."""
         queries = hidden_states + query_position_embeddings
         attended, self_weights = self.self_attn(queries, queries, hidden_states, output_attentions)
-        hidden_states = self.self_attn_layer_norm(
-            hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
-        )
+        hidden_states = self.add_and_norm(hidden_states, attended, self.self_attn_layer_norm)
         attended, cross_weights = self.encoder_attn(
             hidden_states + query_position_embeddings, image_keys, image_features, output_attentions
         )
-        hidden_states = self.encoder_attn_layer_norm(
-            hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
-        )
-        return post_norm_feed_forward(self, hidden_states), self_weights, cross_weights
+        hidden_states = self.add_and_norm(hidden_states, attended, self.encoder_attn_layer_norm)
+        return self.feed_forward(hidden_states), self_weights, cross_weights
 
 
 class MaskFormerTransformerDecoder(nn.Module):
@@ -358,8 +355,9 @@ class MaskFormerTransformerDecoder(nn.Module):
     def forward(
         self, image_features: torch.Tensor, output_intermediate: bool = False, output_attentions: bool = False
     ):
-        """image_features (B, C, h, w) -> queries (B, Q, d_model) after the final LayerNorm, the LayerNorm-ed output
-        of every layer (a tuple, when `output_intermediate`), self- and cross-attention probabilities."""
+        """image_features (B, C, h, w) -> queries (B, Q, d_model) after the final LayerNorm and the LayerNorm-ed output
+        of every layer (a tuple, when `output_intermediate`, else None). The layers' self- and cross-attention
+        probabilities are recorded by the model's `_can_record_outputs`."""
         if self.input_projection is not None:
             image_features = self.input_projection(image_features)
         batch, width, height, feature_width = image_features.shape
@@ -373,19 +371,14 @@ class MaskFormerTransformerDecoder(nn.Module):
             batch, query_position_embeddings.shape[1], width, device=image_features.device, dtype=image_features.dtype
         )
         intermediate = () if output_intermediate else None
-        self_attentions = () if output_attentions else None
-        cross_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, self_weights, cross_weights = layer(
+            hidden_states, _, _ = layer(
                 hidden_states, query_position_embeddings, image_features, image_keys, output_attentions
             )
             if output_intermediate:
                 intermediate += (self.layernorm(hidden_states),)
-            if output_attentions:
-                self_attentions += (self_weights,)
-                cross_attentions += (cross_weights,)
         last = intermediate[-1] if output_intermediate else self.layernorm(hidden_states)
-        return last, intermediate, self_attentions, cross_attentions
+        return last, intermediate
 
 
 class MaskFormerMLP(nn.Module):
@@ -455,6 +448,11 @@ class MaskFormerPreTrainedModel(SegmentationPreTrainedModel):
     config: MaskFormerConfig
     base_model_prefix = "maskformer"
     _no_split_modules = ["MaskFormerDecoderLayer", "MaskFormerEncoderLayer"]
+    _can_record_outputs = {
+        # the transformer decoder's layers return (queries, self-attention, cross-attention probabilities)
+        "attentions": OutputRecorder(MaskFormerDecoderLayer, index=1),
+        "cross_attentions": OutputRecorder(MaskFormerDecoderLayer, index=2),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -565,15 +563,32 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
                 )
         return list(mask_labels), [classes.long() for classes in class_labels]
 
-    def _predict(self, decoder_states: torch.Tensor, pixel_embeddings: torch.Tensor):
-        """decoder_states (..., B, Q, C), pixel_embeddings (B, C', h, w) -> class logits (..., B, Q, K + 1) and mask
-        logits (..., B, Q, h, w)."""
+    def mask_classification(self, decoder_states: torch.Tensor, fpn_output: torch.Tensor, fold_projection: bool = False):
+        """The mask-classification heads: decoder_states (..., B, Q, C) and the FPN's last output fpn_output
+        (B, fpn_feature_size, h, w) -> class logits (..., B, Q, K + 1), mask logits (..., B, Q, h, w) and the
+        per-pixel embeddings (B, mask_feature_size, h, w).
+
+        With `fold_projection` the per-pixel embeddings are not materialised (None is returned for them): the mask
+        projection is folded into the mask embeddings (`MaskFormerPixelDecoder.projected_mask_logits`), the same
+        values. Only internal inference paths that return scores alone use it; `forward` never does."""
         class_logits = self.class_predictor(decoder_states)
         mask_embeddings = self.mask_embedder(decoder_states)
+        if fold_projection:
+            return class_logits, self.pixel_decoder.projected_mask_logits(fpn_output, mask_embeddings), None
+        pixel_embeddings = self.pixel_decoder.mask_projection(fpn_output)
         batch, channels = pixel_embeddings.shape[:2]
         # one (Q, C') x (C', h*w) product per image
         masks = torch.matmul(mask_embeddings, pixel_embeddings.reshape(batch, channels, -1))
-        return class_logits, masks.unflatten(-1, pixel_embeddings.shape[-2:])
+        return class_logits, masks.unflatten(-1, pixel_embeddings.shape[-2:]), pixel_embeddings
+
+    def _decode(self, pixel_values: torch.Tensor, output_intermediate: bool, output_attentions: bool = False):
+        """Backbone, pixel decoder (FPN) and transformer decoder: the backbone maps, the FPN outputs, the final
+        queries (B, Q, d_model) and every layer's (when `output_intermediate`)."""
+        features = backbone_feature_maps(self.backbone, pixel_values)
+        self._check_feature_size(pixel_values, features[-1])
+        fpn_outputs, memory = self.pixel_decoder.fpn(features)
+        queries, intermediate = self.transformer_decoder(memory, output_intermediate, output_attentions)
+        return features, fpn_outputs, queries, intermediate
 
     def _check_feature_size(self, pixel_values: torch.Tensor, coarsest: torch.Tensor) -> None:
         """The pixel decoder's GroupNorm(32) needs more than one value per group on the coarsest backbone map."""
@@ -588,14 +603,12 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
                 f"GroupNorm(32) with {self.config.fpn_feature_size} channels. Use larger images (or pad them)."
             )
 
+    @capture_outputs
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         labels: torch.LongTensor | None = None,
         output_auxiliary_logits: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         pixel_mask: torch.LongTensor | None = None,
         **kwargs,
     ) -> MaskFormerForUniversalSegmentationOutput | tuple:
@@ -613,82 +626,59 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             also are what `compute_metrics` receives, as for the per-pixel models).
         num_items_in_batch (keyword): passed by `Trainer`; unused (the loss normalises by the number of masks).
         output_auxiliary_logits (`bool`, *optional*): also return the predictions of the intermediate layers.
+        output_hidden_states, output_attentions, return_dict (keywords): as in transformers.
         pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*): 1 on the image, 0 on the padding (bottom /
             right), as [`MaskFormerImageProcessor`] returns it. Like the original (which has no padding mask
             anywhere), the network itself runs on the zero-padded batch unmasked; the mask only tells the
             post-processing each image's own size (`image_sizes` of the output), so that it crops the padding off.
         """
-        mask_labels, class_labels = kwargs.pop("mask_labels", None), kwargs.pop("class_labels", None)
-        return self._forward(
-            pixel_values, labels, mask_labels, class_labels, output_auxiliary_logits, output_hidden_states,
-            output_attentions, return_dict, pixel_mask, fold_mask_projection=False, **kwargs,
-        )  # fmt: skip
-
-    def _forward(
-        self, pixel_values, labels, mask_labels, class_labels, output_auxiliary_logits, output_hidden_states,
-        output_attentions, return_dict, pixel_mask, fold_mask_projection: bool, **kwargs,
-    ):  # fmt: skip
-        """`forward`; with `fold_mask_projection` (inference paths that need only the masks) the per-pixel embeddings
-        are not materialised when folding the projection into the mask embeddings is cheaper."""
         pixel_values = check_pixel_values(pixel_values, self.config.backbone_config.num_channels, self.dtype)
+        mask_labels, class_labels = kwargs.pop("mask_labels", None), kwargs.pop("class_labels", None)
         # `Trainer` passes the number of items in the batch; the matching loss normalises by the number of target
         # masks itself (as the original and transformers' MaskFormer do), so it is not needed.
         kwargs.pop("num_items_in_batch", None)
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        output_attentions = kwargs.pop("output_attentions", None)
         unexpected = set(kwargs)
         if unexpected:
             raise TypeError(f"MaskFormerForUniversalSegmentation.forward() got unexpected arguments {sorted(unexpected)}.")
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
-        )
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
         if output_auxiliary_logits is None:
-            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
+            output_auxiliary_logits = bool(config.output_auxiliary_logits)
         image_sizes, padded_sizes = image_sizes_from_pixel_mask(pixel_values, pixel_mask)
         mask_labels, class_labels = self._check_targets(pixel_values, labels, mask_labels, class_labels)
         compute_loss = mask_labels is not None
-        auxiliary = output_auxiliary_logits or (compute_loss and self.config.use_auxiliary_loss)
+        auxiliary = output_auxiliary_logits or (compute_loss and config.use_auxiliary_loss)
 
-        features = backbone_feature_maps(self.backbone, pixel_values)
-        self._check_feature_size(pixel_values, features[-1])
-        fpn_outputs, memory = self.pixel_decoder.fpn(features)
-        queries, intermediate, self_attentions, cross_attentions = self.transformer_decoder(
-            memory, output_intermediate=auxiliary or output_hidden_states, output_attentions=output_attentions
+        features, fpn_outputs, queries, intermediate = self._decode(
+            pixel_values, auxiliary or output_hidden_states, output_attentions
         )
-
-        auxiliary_outputs = pixel_embeddings = None
+        # every layer's predictions when the intermediate ones are needed (the last layer's are the main outputs)
+        class_logits, mask_logits, pixel_embeddings = self.mask_classification(
+            torch.stack(intermediate) if auxiliary else queries, fpn_outputs[-1]
+        )
+        auxiliary_outputs = None
         if auxiliary:
-            pixel_embeddings = winograd_conv2d(self.pixel_decoder.mask_projection, fpn_outputs[-1])
-            class_logits, mask_logits = self._predict(torch.stack(intermediate), pixel_embeddings)
-            class_queries_logits, masks_queries_logits = class_logits[-1], mask_logits[-1]
             auxiliary_outputs = [
                 {"class_queries_logits": c, "masks_queries_logits": m} for c, m in zip(class_logits[:-1], mask_logits[:-1])
             ]
-        elif output_hidden_states or not fold_mask_projection or not self.pixel_decoder.folding_is_cheaper(
-            queries.shape[1]
-        ):
-            pixel_embeddings = winograd_conv2d(self.pixel_decoder.mask_projection, fpn_outputs[-1])
-            class_queries_logits, masks_queries_logits = self._predict(queries, pixel_embeddings)
-        else:
-            # the per-pixel embeddings are only needed for the mask logits: fold the projection (exact algebra, ~2.5x
-            # fewer multiplications for 100 queries and 256 channels; see `projected_mask_logits`)
-            class_queries_logits = self.class_predictor(queries)
-            masks_queries_logits = self.pixel_decoder.projected_mask_logits(fpn_outputs[-1], self.mask_embedder(queries))
-        logits = semantic_scores(class_queries_logits, masks_queries_logits)
+            class_logits, mask_logits = class_logits[-1], mask_logits[-1]
+        logits = semantic_scores(class_logits, mask_logits)
 
         loss = None
         if compute_loss:
             loss, _ = self.criterion(
-                masks_queries_logits,
-                class_queries_logits,
-                mask_labels,
-                class_labels,
-                auxiliary_outputs if self.config.use_auxiliary_loss else None,
-            )
+                mask_logits, class_logits, mask_labels, class_labels,
+                auxiliary_outputs if config.use_auxiliary_loss else None,
+            )  # fmt: skip
         auxiliary_logits = None
         if output_auxiliary_logits:
             auxiliary_logits = auxiliary_outputs + [
-                {"class_queries_logits": class_queries_logits, "masks_queries_logits": masks_queries_logits}
+                {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
             ]
-        if not output_auxiliary_logits and not (compute_loss and self.config.use_auxiliary_loss):
+        if not output_auxiliary_logits and not (compute_loss and config.use_auxiliary_loss):
             auxiliary_outputs = None
 
         encoder_hidden_states = pixel_decoder_hidden_states = transformer_decoder_hidden_states = hidden_states = None
@@ -697,11 +687,11 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             pixel_decoder_hidden_states = fpn_outputs
             transformer_decoder_hidden_states = (torch.zeros_like(queries),) + intermediate  # + decoder input
             hidden_states = encoder_hidden_states + pixel_decoder_hidden_states + transformer_decoder_hidden_states
-        output = MaskFormerForUniversalSegmentationOutput(
+        return MaskFormerForUniversalSegmentationOutput(
             loss=loss,
             logits=logits,
-            class_queries_logits=class_queries_logits,
-            masks_queries_logits=masks_queries_logits,
+            class_queries_logits=class_logits,
+            masks_queries_logits=mask_logits,
             auxiliary_outputs=auxiliary_outputs,
             auxiliary_logits=auxiliary_logits,
             encoder_last_hidden_state=features[-1],
@@ -711,29 +701,28 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
             pixel_decoder_hidden_states=pixel_decoder_hidden_states,
             transformer_decoder_hidden_states=transformer_decoder_hidden_states,
             hidden_states=hidden_states,
-            attentions=self_attentions,
-            cross_attentions=cross_attentions,
             image_sizes=image_sizes,
             padded_sizes=padded_sizes,
         )
-        return output if return_dict else output.to_tuple()
 
     def full_resolution_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_labels, H, W), the original's semantic inference: the image is zero-padded to a
         multiple of `config.size_divisibility`, the mask logits are upsampled (bilinear) to the padded size and
         cropped to (H, W), then combined with the class probabilities."""
+        pixel_values = check_pixel_values(pixel_values, self.config.backbone_config.num_channels, self.dtype)
         height, width = pixel_values.shape[-2:]
         divisor = self.config.size_divisibility
         if divisor > 1:
             pad_h, pad_w = (-height) % divisor, (-width) % divisor
             if pad_h or pad_w:
                 pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-        outputs = self._forward(pixel_values, None, None, None, False, False, False, True, None,
-                                fold_mask_projection=True)  # fmt: skip
-        masks = F.interpolate(
-            outputs.masks_queries_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
-        )[..., :height, :width]
-        return semantic_scores(outputs.class_queries_logits, masks)
+        _, fpn_outputs, queries, _ = self._decode(pixel_values, output_intermediate=False)
+        # only the masks are needed here: fold the mask projection into the mask embeddings where that is cheaper
+        # (exact algebra, ~2.5x fewer multiplications for 100 queries and 256 channels)
+        fold = self.pixel_decoder.folding_is_cheaper(queries.shape[1])
+        class_logits, mask_logits, _ = self.mask_classification(queries, fpn_outputs[-1], fold_projection=fold)
+        masks = F.interpolate(mask_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        return semantic_scores(class_logits, masks[..., :height, :width])
 
 
 __all__ = ["MaskFormerForUniversalSegmentation", "MaskFormerPreTrainedModel"]

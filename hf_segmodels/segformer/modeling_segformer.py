@@ -23,12 +23,14 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..kernels import active as kernel_active
 from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
-from ..onednn import linear as onednn_linear, project as onednn_project
+from ..onednn import Linear
 from .configuration_segformer import SegformerConfig
 
 
@@ -81,9 +83,9 @@ class EfficientSelfAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.is_causal = False
         self.attention_dropout = config.attention_probs_dropout_prob
-        self.q = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
-        self.kv = nn.Linear(hidden_size, 2 * hidden_size, bias=config.qkv_bias)
-        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.q = Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.kv = Linear(hidden_size, 2 * hidden_size, bias=config.qkv_bias)
+        self.proj = Linear(hidden_size, hidden_size)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.sr_ratio = config.sr_ratios[stage]
         if self.sr_ratio > 1:
@@ -91,25 +93,18 @@ class EfficientSelfAttention(nn.Module):
             self.norm = nn.LayerNorm(hidden_size, eps=config.embedding_layer_norm_eps)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        size: tuple[int, int],
-        output_attentions: bool = False,
-        residual: torch.Tensor | None = None,
+        self, hidden_states: torch.Tensor, size: tuple[int, int], output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, N, C) tokens of an (h, w) map -> (B, N, C), and the attention probabilities (B, heads, N, N / R^2)
-        when requested. With `residual` (B, N, C) the output is `residual + attention`, the addition
-        fused into the output projection at CPU inference (`hf_segmodels.onednn`)."""
+        when requested (else None)."""
         batch, length, channels = hidden_states.shape
-        query = onednn_linear(self.q, hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        query = self.q(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         reduced = hidden_states
         if self.sr_ratio > 1:
             reduced = self.norm(map_to_tokens(self.sr(tokens_to_map(hidden_states, size))))
-        key, value = (
-            onednn_linear(self.kv, reduced).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )
+        key, value = self.kv(reduced).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         output, weights = attend(self, query, key, value, output_attentions)
-        return onednn_project(self.proj, output.reshape(batch, length, channels), self.proj_dropout, residual), weights
+        return self.proj_dropout(self.proj(output.reshape(batch, length, channels))), weights
 
 
 class MixFFN(nn.Module):
@@ -120,21 +115,17 @@ class MixFFN(nn.Module):
         super().__init__()
         hidden_size = config.hidden_sizes[stage]
         intermediate_size = int(hidden_size * config.mlp_ratios[stage])
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc1 = Linear(hidden_size, intermediate_size)
         self.dwconv = nn.Conv2d(intermediate_size, intermediate_size, 3, padding=1, groups=intermediate_size)
         self.activation = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc2 = Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(
-        self, hidden_states: torch.Tensor, size: tuple[int, int], residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(B, N, C) tokens of an (h, w) map -> (B, N, C); with `residual` (B, N, C),
-        `residual + MixFFN(hidden_states)`, the addition fused into `fc2` at CPU inference."""
-        hidden_states = onednn_linear(self.fc1, hidden_states)
-        hidden_states = map_to_tokens(self.dwconv(tokens_to_map(hidden_states, size)))
+    def forward(self, hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, N, C) tokens of an (h, w) map -> (B, N, C)."""
+        hidden_states = map_to_tokens(self.dwconv(tokens_to_map(self.fc1(hidden_states), size)))
         hidden_states = self.dropout(self.activation(hidden_states))
-        return onednn_project(self.fc2, hidden_states, self.dropout, residual)
+        return self.dropout(self.fc2(hidden_states))
 
 
 class SegformerLayer(GradientCheckpointingLayer):
@@ -152,14 +143,10 @@ class SegformerLayer(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, size: tuple[int, int], output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.training:
-            attention_output, weights = self.attn(self.norm1(hidden_states), size, output_attentions)
-            hidden_states = hidden_states + self.drop_path(attention_output)
-            hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states), size))
-            return hidden_states, weights
-        # Eval: stochastic depth and dropout are identities, the residual additions go into the output products.
-        hidden_states, weights = self.attn(self.norm1(hidden_states), size, output_attentions, residual=hidden_states)
-        return self.mlp(self.norm2(hidden_states), size, residual=hidden_states), weights
+        attention_output, weights = self.attn(self.norm1(hidden_states), size, output_attentions)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states), size))
+        return hidden_states, weights
 
 
 class SegformerStage(nn.Module):
@@ -171,18 +158,12 @@ class SegformerStage(nn.Module):
         self.blocks = nn.ModuleList(SegformerLayer(config, stage, rate) for rate in drop_path_rates)
         self.norm = nn.LayerNorm(config.hidden_sizes[stage], eps=config.layer_norm_eps)
 
-    def forward(
-        self, feature_map: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(B, C_in, H, W) -> (B, C, h, w) channels-last feature map, and the attention probabilities of its blocks
-        (empty unless requested)."""
+    def forward(self, feature_map: torch.Tensor, output_attentions: bool = False) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C, h, w) channels-last feature map."""
         hidden_states, size = self.patch_embed(feature_map)
-        attentions = ()
         for block in self.blocks:
-            hidden_states, weights = block(hidden_states, size, output_attentions)
-            if output_attentions:
-                attentions += (weights,)
-        return tokens_to_map(self.norm(hidden_states), size), attentions
+            hidden_states, _ = block(hidden_states, size, output_attentions)
+        return tokens_to_map(self.norm(hidden_states), size)
 
 
 @dataclass
@@ -209,6 +190,11 @@ class SegformerPreTrainedModel(SegmentationPreTrainedModel):
     config: SegformerConfig
     base_model_prefix = "segformer"
     _no_split_modules = ["SegformerLayer"]
+    _can_record_outputs = {
+        # the stage outputs; stage 0's input is raw pixel values, not an embedding
+        "hidden_states": OutputRecorder(SegformerStage, capture_initial_hidden_state=False),
+        "attentions": OutputRecorder(EfficientSelfAttention, index=1),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -277,36 +263,22 @@ class SegformerModel(SegformerPreTrainedModel):
                     f"the image to at least {minimum} pixels per side."
                 )
 
-    def forward(
-        self,
-        pixel_values: torch.FloatTensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SegformerModelOutput | tuple:
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.FloatTensor, **kwargs) -> SegformerModelOutput | tuple:
         """pixel_values (B, num_channels, H, W) of any size large enough for the spatial reductions (29 pixels per
-        side for the released configurations) -> `SegformerModelOutput`."""
+        side for the released configurations) -> `SegformerModelOutput`. Keywords `output_hidden_states`,
+        `output_attentions`, `return_dict` as in transformers."""
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
-        )
         self._check_input_size(pixel_values.shape[-2:])
+        output_attentions = bool(kwargs.get("output_attentions", self.config.output_attentions))
         # Channels-last from the start: the first patch embedding is then ~2x faster on CPU and its output already
         # has the token layout (the later stages receive channels-last views anyway).
         feature_map = pixel_values.contiguous(memory_format=torch.channels_last)
-        feature_maps, attentions = (), ()
+        feature_maps = ()
         for stage in self.stages:
-            feature_map, stage_attentions = stage(feature_map, output_attentions)
+            feature_map = stage(feature_map, output_attentions)
             feature_maps += (feature_map,)
-            attentions += stage_attentions
-        output = SegformerModelOutput(
-            last_hidden_state=feature_map,
-            feature_maps=feature_maps,
-            hidden_states=feature_maps if output_hidden_states else None,
-            attentions=attentions if output_attentions else None,
-        )
-        return output if return_dict else output.to_tuple()
+        return SegformerModelOutput(last_hidden_state=feature_map, feature_maps=feature_maps)
 
 
 class SegformerMLP(nn.Module):
@@ -483,40 +455,25 @@ class SegformerForSemanticSegmentation(SegmentationModelMixin, SegformerPreTrain
         self.decode_head = SegformerDecodeHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
-        self,
-        pixel_values: torch.FloatTensor,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.FloatTensor, labels: torch.LongTensor | None = None, **kwargs
     ) -> SemanticSegmenterOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): normalised images of any size.
         labels (`torch.LongTensor` of shape `(B, H', W')`, *optional*): class ids in `[0, num_labels)`, 255 ignored.
             The loss is the per-pixel cross-entropy of the logits upsampled bilinearly to the label size.
+        output_hidden_states, output_attentions, return_dict (keywords): as in transformers.
 
         Returns `SemanticSegmenterOutput` with `loss`, `logits` (B, num_labels, H / 4, W / 4), `hidden_states` (the four
         stage feature maps (B, C_i, h_i, w_i)) and `attentions` (every block, (B, heads, N, N / sr_ratio^2)).
         """
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoder_outputs = self.segformer(
-            pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        encoder_outputs = self.segformer(pixel_values, **{**kwargs, "return_dict": True})
         logits = self.decode_head(encoder_outputs.feature_maps)
         loss = None
         if labels is not None:
             loss = semantic_cross_entropy(logits, labels, self.config.semantic_loss_ignore_index)
-        if not return_dict:
-            output = (logits,) + tuple(
-                v for v in (encoder_outputs.hidden_states, encoder_outputs.attentions) if v is not None
-            )
-            return ((loss,) + output) if loss is not None else output
         return SemanticSegmenterOutput(
             loss=loss, logits=logits, hidden_states=encoder_outputs.hidden_states, attentions=encoder_outputs.attentions
         )

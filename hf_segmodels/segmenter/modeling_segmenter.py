@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..layers import (
+    MultiHeadSelfAttention,
     TransformerLayer,
     ViTEncoder,
     init_vit_weights,
@@ -40,7 +42,7 @@ class SegmenterLinearDecoder(nn.Module):
         self.head = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, patch_tokens: torch.Tensor, grid: tuple[int, int], output_attentions: bool = False):
-        return tokens_to_feature_map(self.head(patch_tokens), grid), None
+        return tokens_to_feature_map(self.head(patch_tokens), grid)
 
 
 class MaskTransformerDecoder(nn.Module):
@@ -75,26 +77,28 @@ class MaskTransformerDecoder(nn.Module):
         self.mask_norm = nn.LayerNorm(config.num_labels, eps=config.decoder_layer_norm_eps)
 
     def forward(self, patch_tokens: torch.Tensor, grid: tuple[int, int], output_attentions: bool = False):
-        """patch_tokens (B, h * w, encoder hidden) -> masks (B, num_labels, h, w), decoder attentions or None."""
+        """patch_tokens (B, h * w, encoder hidden) -> masks (B, num_labels, h, w)."""
         hidden_states = torch.cat(
             [self.proj_dec(patch_tokens), self.cls_emb.expand(patch_tokens.shape[0], -1, -1)], dim=1
         )
-        attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, output_attentions)
-            if output_attentions:
-                attentions += (weights,)
+            hidden_states, _ = layer(hidden_states, output_attentions)
         hidden_states = self.decoder_norm(hidden_states)
         patches = F.normalize(self.proj_patch(hidden_states[:, : -self.num_labels]), dim=-1)
         classes = F.normalize(self.proj_classes(hidden_states[:, -self.num_labels :]), dim=-1)
         masks = self.mask_norm(patches @ classes.transpose(1, 2))
-        return tokens_to_feature_map(masks, grid), attentions
+        return tokens_to_feature_map(masks, grid)
 
 
 class SegmenterPreTrainedModel(SegmentationPreTrainedModel):
     config: SegmenterConfig
     base_model_prefix = "segmenter"
     _no_split_modules = ["TransformerLayer"]
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(TransformerLayer, index=0, layer_name="encoder"),
+        "attentions": OutputRecorder(MultiHeadSelfAttention, index=1, layer_name="encoder"),
+        "decoder_attentions": OutputRecorder(MultiHeadSelfAttention, index=1, layer_name="decoder"),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -144,52 +148,44 @@ class SegmenterForSemanticSegmentation(SegmentationModelMixin, SegmenterPreTrain
         return self._upsample(self(pixel_values=pixel_values).logits, pixel_values.shape[-2:])
 
     def forward(
-        self,
-        pixel_values: torch.FloatTensor,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SemanticSegmenterOutput | tuple:
+        self, pixel_values: torch.FloatTensor, labels: torch.LongTensor | None = None, **kwargs
+    ) -> SegmenterOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): normalised images of any size.
         labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*): class ids in `[0, num_labels)`, 255 ignored.
             The loss is the per-pixel cross-entropy of the full-resolution logits.
+        output_hidden_states, output_attentions, return_dict (keywords): as in transformers.
 
         Returns `SegmenterOutput` with `loss`, `logits` (B, num_labels, h, w), `hidden_states` (encoder
         embeddings and every encoder layer, (B, tokens, hidden)), `attentions` (every encoder layer, (B, heads, N,
         N)) and `decoder_attentions` (every Mask-Transformer layer).
         """
+        # The decoder's attention probabilities come with `output_attentions`, as the encoder's.
+        output_attentions = kwargs.get("output_attentions")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        kwargs["output_attentions"] = output_attentions
+        kwargs["output_decoder_attentions"] = bool(output_attentions) and isinstance(self.decoder, MaskTransformerDecoder)
+        return self._forward(pixel_values, labels, **kwargs)
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def _forward(self, pixel_values: torch.FloatTensor, labels: torch.LongTensor | None, **kwargs) -> SegmenterOutput:
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
-        )
         if labels is not None and tuple(labels.shape[-2:]) != tuple(pixel_values.shape[-2:]):
             raise ValueError(
                 f"`labels` of size {tuple(labels.shape[-2:])} do not match `pixel_values` of size "
                 f"{tuple(pixel_values.shape[-2:])}."
             )
-
-        encoder_outputs = self.encoder(
-            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
+        output_attentions = bool(kwargs["output_attentions"])
+        encoder_outputs = self.encoder(pixel_values, output_attentions=output_attentions)
         patch_tokens = encoder_outputs.last_hidden_state[:, self.encoder.num_extra_tokens :]
-        logits, decoder_attentions = self.decoder(patch_tokens, encoder_outputs.grid_size, output_attentions)
+        logits = self.decoder(patch_tokens, encoder_outputs.grid_size, output_attentions)
 
         loss = None
         if labels is not None:
             loss = semantic_cross_entropy(
                 self._upsample(logits, pixel_values.shape[-2:]), labels, self.config.semantic_loss_ignore_index
             )
-        output = SegmenterOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions if output_attentions else None,
-            decoder_attentions=decoder_attentions if output_attentions and decoder_attentions else None,
-        )
-        return output if return_dict else output.to_tuple()
+        return SegmenterOutput(loss=loss, logits=logits)
 
 
 __all__ = ["SegmenterForSemanticSegmentation", "SegmenterOutput", "SegmenterPreTrainedModel"]

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from ..layers import ViTEncoder, init_vit_weights, tokens_to_feature_map
+from ..layers import MultiHeadSelfAttention, TransformerLayer, ViTEncoder, init_vit_weights, tokens_to_feature_map
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from .configuration_setr import SetrConfig
@@ -165,6 +166,10 @@ class SetrPreTrainedModel(SegmentationPreTrainedModel):
     config: SetrConfig
     base_model_prefix = "setr"
     _no_split_modules = ["TransformerLayer"]
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(TransformerLayer, index=0),
+        "attentions": OutputRecorder(MultiHeadSelfAttention, index=1),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -230,29 +235,22 @@ class SetrForSemanticSegmentation(SegmentationModelMixin, SetrPreTrainedModel):
             )
         self.post_init()
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
-        self,
-        pixel_values: torch.FloatTensor,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.FloatTensor, labels: torch.LongTensor | None = None, **kwargs
     ) -> SemanticSegmenterOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): normalised images of any size.
         labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*): class ids in `[0, num_labels)`, 255 ignored.
             The loss is the cross-entropy of the decoder's logits plus `auxiliary_loss_weight` times that of every
             auxiliary head, each upsampled bilinearly to the label size.
+        output_hidden_states, output_attentions, return_dict (keywords): as in transformers.
 
         Returns `SemanticSegmenterOutput` with `loss`, `logits` (B, num_labels, h, w), `hidden_states` (encoder
         embeddings and every encoder layer, (B, tokens, hidden)) and `attentions` (every encoder layer, (B, heads,
         N, N)).
         """
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
-        )
         if labels is not None and tuple(labels.shape[-2:]) != tuple(pixel_values.shape[-2:]):
             raise ValueError(
                 f"`labels` of size {tuple(labels.shape[-2:])} do not match `pixel_values` of size "
@@ -260,28 +258,21 @@ class SetrForSemanticSegmentation(SegmentationModelMixin, SetrPreTrainedModel):
             )
 
         config = self.config
-        run_auxiliary = labels is not None and len(self.auxiliary_heads) > 0
         is_mla = config.decoder_type == "mla"
-        needed = set(config.mla_layer_indices) if is_mla else {config.decoder_layer_index}
+        run_auxiliary = labels is not None and len(self.auxiliary_heads) > 0
+        layers = list(config.mla_layer_indices) if is_mla else [config.decoder_layer_index]
         if run_auxiliary and not is_mla:
-            needed |= set(config.auxiliary_layer_indices)
-        # Intermediate layers are only kept when a head reads them (the last layer is `last_hidden_state`).
-        keep_layers = output_hidden_states or needed != {config.num_hidden_layers - 1}
-        encoder_outputs = self.encoder(
-            pixel_values, output_hidden_states=keep_layers, output_attentions=output_attentions
-        )
+            layers += [layer for layer in config.auxiliary_layer_indices if layer not in layers]
+        output_attentions = kwargs.get("output_attentions", config.output_attentions)
+        encoder_outputs = self.encoder(pixel_values, output_attentions=bool(output_attentions), return_layers=layers)
         grid = encoder_outputs.grid_size
         extra = self.encoder.num_extra_tokens
-
-        def patch_tokens(layer: int) -> torch.Tensor:
-            if not keep_layers:
-                return encoder_outputs.last_hidden_state[:, extra:]
-            return encoder_outputs.hidden_states[layer + 1][:, extra:]
+        patch_tokens = {layer: tokens[:, extra:] for layer, tokens in zip(layers, encoder_outputs.layer_outputs)}
 
         if is_mla:
-            logits, streams = self.decode_head([patch_tokens(layer) for layer in config.mla_layer_indices], grid)
+            logits, streams = self.decode_head([patch_tokens[layer] for layer in config.mla_layer_indices], grid)
         else:
-            logits = self.decode_head(patch_tokens(config.decoder_layer_index), grid)
+            logits = self.decode_head(patch_tokens[config.decoder_layer_index], grid)
 
         loss = None
         if labels is not None:
@@ -291,18 +282,11 @@ class SetrForSemanticSegmentation(SegmentationModelMixin, SetrPreTrainedModel):
                 if is_mla:
                     auxiliary_logits = head(streams[config.mla_layer_indices.index(layer)])
                 else:
-                    auxiliary_logits = head(patch_tokens(layer), grid)
+                    auxiliary_logits = head(patch_tokens[layer], grid)
                 loss = loss + config.auxiliary_loss_weight * semantic_cross_entropy(
                     auxiliary_logits, labels, ignore_index
                 )
-
-        hidden_states = encoder_outputs.hidden_states if output_hidden_states else None
-        if not return_dict:
-            output = (logits,) + tuple(v for v in (hidden_states, encoder_outputs.attentions) if v is not None)
-            return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(
-            loss=loss, logits=logits, hidden_states=hidden_states, attentions=encoder_outputs.attentions
-        )
+        return SemanticSegmenterOutput(loss=loss, logits=logits)
 
 
 __all__ = ["SetrForSemanticSegmentation", "SetrPreTrainedModel"]
