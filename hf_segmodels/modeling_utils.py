@@ -40,7 +40,7 @@ def check_pixel_values(
             raise ValueError("`pixel_values` holds no image (batch size 0).")
         if pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:
             raise ValueError(f"`pixel_values` has an empty image size {tuple(pixel_values.shape[2:])}.")
-        # One sum is ~30x cheaper than an element-wise isfinite and is non-finite whenever any value is; only then
+        # One sum is much cheaper than an element-wise isfinite and is non-finite whenever any value is; only then
         # (or on an overflow of the sum) are the values checked one by one.
         total = pixel_values.sum(dtype=torch.float32 if pixel_values.element_size() < 4 else None)
         bad = 0 if bool(torch.isfinite(total)) else int((~torch.isfinite(pixel_values)).sum())

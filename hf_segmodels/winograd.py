@@ -6,7 +6,7 @@ A stride-1, padding-1 3x3 convolution computes every 4x4 output tile from a 6x6 
 36 transformed positions are 36 independent (K x C) @ (C x tiles) matrix products, and the results are transformed
 back (A^T m A). The transforms are a few additions over the whole map (done here on strided views, not per tile), so
 for the wide maps of segmentation heads (e.g. 256 -> 256 channels at 128x128) the matrix products dominate and the
-convolution runs ~1.3-1.9x faster than oneDNN's direct convolution on CPU (see `benchmarks/bench_maskformer.py`).
+convolution runs faster than oneDNN's direct convolution on CPU (measured by `benchmarks/bench_maskformer.py`).
 The result equals the direct convolution up to float rounding: errors ~1e-5 of the output's scale (larger than direct
 summation's ~1e-7, because the transforms mix values of different magnitude); inputs of any size are zero-padded to
 whole tiles. Switched off with the other fast kernels in `hf_segmodels.kernels` (`kernels.enabled["winograd"] =
@@ -32,7 +32,7 @@ _G = (
 MIN_CHANNELS = 64
 MIN_PIXELS = 64 * 64
 # Output tiles per band (see `conv3x3`): bounds the extra memory (~100 floats per tile and channel, a few MB for
-# 256 channels), measured no higher than the direct convolution's peak and ~1.8x faster than it.
+# 256 channels), measured no higher than the direct convolution's peak and faster than it.
 BAND_TILES = 128
 
 

@@ -41,7 +41,7 @@ def supports_folded_resnet(backbone: nn.Module) -> bool:
 
 def folded_resnet_feature_maps(backbone: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
     """The feature maps of transformers' `ResNetBackbone` (same order, same values up to float rounding), each
-    conv + BatchNorm (+ ReLU) run as one folded convolution, residual additions and ReLUs in place. About 20% faster
+    conv + BatchNorm (+ ReLU) run as one folded convolution, residual additions and ReLUs in place. Faster
     on CPU than the module's own forward; only valid when `supports_folded_resnet(backbone)`."""
     stem = backbone.embedder.embedder
     hidden_states = pixel_values

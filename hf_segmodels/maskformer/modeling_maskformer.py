@@ -219,7 +219,7 @@ class MaskFormerPixelDecoder(nn.Module):
         fpn_output (B, C, h, w), mask_embeddings (B, Q, mask_feature_size) -> mask logits (B, Q, h, w)."""
         num_masks = mask_embeddings.shape[1]
         padding = self.mask_projection.padding
-        # (Q, C, 3, 3) filters: Winograd at CPU inference (see winograd.py), else oneDNN, which is measured ~15% faster
+        # (Q, C, 3, 3) filters: Winograd at CPU inference (see winograd.py), else oneDNN, which is measured faster
         # with a multiple of 32 output channels than with 100 (zero embeddings pad, cropped below)
         winograd_path = padding == (1, 1) and winograd_worthwhile(fpn_output, self.mask_projection.weight[:num_masks])
         if not winograd_path and fpn_output.device.type == "cpu" and num_masks % 32:

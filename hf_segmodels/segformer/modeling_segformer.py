@@ -271,7 +271,7 @@ class SegformerModel(SegformerPreTrainedModel):
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         self._check_input_size(pixel_values.shape[-2:])
         output_attentions = bool(kwargs.get("output_attentions", self.config.output_attentions))
-        # Channels-last from the start: the first patch embedding is then ~2x faster on CPU and its output already
+        # Channels-last from the start: the first patch embedding is then faster on CPU and its output already
         # has the token layout (the later stages receive channels-last views anyway).
         feature_map = pixel_values.contiguous(memory_format=torch.channels_last)
         feature_maps = ()
