@@ -3,7 +3,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from ..configuration_utils import check_id2label
+from ..configuration_utils import check_choices, check_id2label, check_vit_encoder
 from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
@@ -197,17 +197,8 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             "auxiliary_kernel_size": (1, 3),
             "mla_classifier_kernel_size": (1, 3),
         }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
-            )
-        sizes = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
-        if any(size % self.patch_size for size in sizes):
-            raise ValueError(f"`image_size` {self.image_size} must be a multiple of `patch_size` {self.patch_size}.")
+        check_choices(self, choices)
+        check_vit_encoder(self)
         for name in ("decoder_num_convs", "auxiliary_num_convs", "decoder_up_scale", "auxiliary_up_scale"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
