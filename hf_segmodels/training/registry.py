@@ -112,12 +112,7 @@ def _maskformer_preset(name: str, image_size: int):
         return MaskFormerConfig(
             backbone_config=backbone, decoder_config=decoder, num_queries=8, fpn_feature_size=32, mask_feature_size=32
         )
-    if name == "swin-base":
-        return MaskFormerConfig()
-    raise ValueError(
-        f"Unknown MaskFormer preset {name!r}; choose 'tiny' or 'swin-base', or pass a saved config directory (e.g. "
-        "one with a ResNet backbone_config)."
-    )
+    return _from_preset(MaskFormerConfig, name)
 
 
 # ------------------------------------------------------------------------------------------------------------------
