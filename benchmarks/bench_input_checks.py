@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = SegformerForSemanticSegmentation(SegformerConfig.from_preset("b0-ade-512")).eval()
+    model = SegformerForSemanticSegmentation(SegformerConfig.from_preset("segformer-b0-ade")).eval()
     pixel_values = torch.randn(1, 3, 512, 512)
 
     def forward():

@@ -59,8 +59,8 @@ def build_models(size: int) -> tuple[ViTModel, SegmenterForSemanticSegmentation]
         add_pooling_layer=False,
     ).eval()
     assert vit.config._attn_implementation == "sdpa"
-    config = SegmenterConfig.from_original_variant("seg_base_mask", dataset="ade20k", image_size=size,
-                                                   layer_norm_eps=1e-6, attn_implementation="sdpa")
+    config = SegmenterConfig.from_preset("segmenter-b16-ade", image_size=size, layer_norm_eps=1e-6,
+                                         attn_implementation="sdpa")
     model = SegmenterForSemanticSegmentation(config).eval()
     load_pretrained_vit(model.encoder, _timm_state_dict(vit))  # identical weights, via the timm-layout loader
     return vit, model

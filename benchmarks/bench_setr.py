@@ -61,7 +61,7 @@ def build_models(size: int, implementation: str = "original") -> tuple[ViTModel,
     """transformers' ViT-L/16 (sdpa, no pooler) and our SETR-PUP T-Large (ADE20K) whose encoder has its weights (when
     the implementation's patch embedding has a bias, as ViTModel's has; otherwise the weights differ)."""
     torch.manual_seed(0)
-    config = SetrConfig.from_preset("setr_pup_large_ade20k", implementation=implementation, image_size=size,
+    config = SetrConfig.from_preset("setr-pup-ade", implementation=implementation, image_size=size,
                                     attn_implementation="sdpa")
     vit = ViTModel(
         ViTConfig(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,

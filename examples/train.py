@@ -3,7 +3,7 @@
 or instance segmentation (`--task`), with 🤗 Accelerate and 🤗 datasets. Flags follow transformers'
 `run_semantic_segmentation_no_trainer.py` where they exist.
 
-    accelerate launch examples/train.py --model_type segformer --config_name b0-ade-512 \\
+    accelerate launch examples/train.py --model_type segformer --config_name segformer-b0-ade \\
         --backbone_checkpoint mit_b0.pth --dataset_name scene_parse_150 --do_reduce_labels --id2label id2label.json \\
         --crop_size 512 --max_train_steps 160000 --per_device_train_batch_size 2 --output_dir segformer-b0-ade
 
@@ -28,9 +28,10 @@ Targets are one binary mask + class per non-crowd segment, as the original's pan
 `--task instance`: the same layout, or instance-id maps / lists of instance masks with `--instance_classes_column` (one
 class per instance); validation reports COCO-style mask AP.
 
-    accelerate launch examples/train.py --task panoptic --model_type maskformer --config_name swin-base \
-        --dataset_name ./coco_panoptic --id2label coco133.json --category_map coco_ids.json \
-        --stuff_classes $(seq 80 132) --per_device_train_batch_size 8 --max_train_steps 554400 --output_dir out
+    accelerate launch examples/train.py --task panoptic --model_type maskformer \
+        --config_name maskformer-swin-b-coco-panoptic --dataset_name ./coco_panoptic --id2label coco133.json \
+        --category_map coco_ids.json --stuff_classes $(seq 80 132) --per_device_train_batch_size 8 \
+        --max_train_steps 554400 --output_dir out
 """
 
 import argparse
@@ -110,8 +111,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", help="A checkpoint of ours to fine-tune (local folder or Hub id).")
     model.add_argument("--model_type", choices=ARCHITECTURE_NAMES, help="Architecture to train from a config.")
-    model.add_argument("--config_name", help="A saved config folder of ours, or a preset name ('tiny', "
-                       "'seg_base_mask', 'setr_pup_large_ade20k', 'b2-ade-512', ...).")
+    model.add_argument("--config_name", help="A saved config folder of ours, or a preset name: a released model's "
+                       "zoo name ('segmenter-b16-ade', 'setr-pup-ade', 'segformer-b2-ade', 'maskformer-r50-ade', ...: "
+                       "`<Arch>Config.preset_names()`), an original name accepted as alias ('seg_base_mask', "
+                       "'setr_pup_large_ade20k', 'b2-ade-512', 'swin-base', ...) or 'tiny'.")
     model.add_argument("--image_processor_name", help="Image processor folder / Hub id (test-time size, mean/std).")
     model.add_argument("--backbone_checkpoint", help="ImageNet-pretrained encoder weights: a transformers ViT/DeiT, "
                        "MiT or backbone folder, a timm ViT state dict, or the authors' MiT .pth.")

@@ -277,7 +277,7 @@ def test_presets():
     port = SetrConfig.from_preset("setr_pup_large_ade20k", implementation="mmseg", num_labels=5)
     assert port.num_labels == 5 and port.auxiliary_layer_indices == [9, 14, 19] and not port.decoder_conv_bias
     assert SetrConfig.from_preset("setr_mla_large_ade20k", implementation="mmseg").mla_classifier_kernel_size == 1
-    assert len(SetrConfig.preset_names()) == 27
+    assert len(SetrConfig.preset_aliases()) == 27 and len(SetrConfig.preset_names()) == 15  # zoo names
     with pytest.raises(ValueError, match="Unknown SETR preset"):
         SetrConfig.from_preset("setr_pup_huge_ade20k")
     with pytest.raises(ValueError, match="implementation"):

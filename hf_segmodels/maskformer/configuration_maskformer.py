@@ -1,10 +1,13 @@
 """MaskFormer configuration (arXiv 2107.06278, facebookresearch/MaskFormer)."""
 
+from dataclasses import dataclass
+
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, DetrConfig, MaskFormerSwinConfig, PreTrainedConfig, ResNetConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..configuration_utils import check_id2label
+from ..presets import PresetConfigMixin, Release
 from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
@@ -16,9 +19,106 @@ _SWIN_MODEL_TYPES = ("swin", "maskformer-swin")
 # pyramid (see `backbones.build_backbone`).
 OWN_ENCODERS = ("segmodels_segformer", "segmodels_segmenter", "segmodels_setr")
 
+# Contiguous ids of the "stuff" classes of the panoptic datasets, as the original's metadata defines them
+# (`thing_dataset_id_to_contiguous_id`): COCO panoptic (detectron2 `COCO_CATEGORIES`: 80 things, then 53 stuff) and
+# ADE20K panoptic (MaskFormer `register_ade20k_panoptic.py`, `isthing` of `ADE20K_150_CATEGORIES`).
+COCO_PANOPTIC_STUFF_IDS = tuple(range(80, 133))
+ADE20K_PANOPTIC_STUFF_IDS = (
+    0, 1, 2, 3, 4, 5, 6, 9, 11, 13, 16, 17, 21, 25, 26, 28, 29, 34, 40, 46, 48, 51, 52, 54, 59, 60, 61, 63, 68, 77, 79,
+    84, 91, 94, 96, 99, 100, 101, 105, 106, 109, 113, 114, 117, 122, 128, 131, 140, 141, 145,
+)
+
+# What a release's config sets, per dataset of hf_segmodels/zoo/zoo.json: the classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+# and what its weights cannot tell, which the converter uses when no config.yaml is given:
+# MASK_FORMER.SIZE_DIVISIBILITY (32 for the semantic releases, 0 for the panoptic ones), PANOPTIC_ON (which makes the
+# original resize the mask logits before the semantic / panoptic inference), the stuff classes of the panoptic
+# metadata and the test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
+RELEASE_SETTINGS = {
+    "ade20k": {"num_labels": 150, "size_divisibility": 32, "panoptic": False, "size": (512, 2048)},
+    "ade20k-full": {"num_labels": 847, "size_divisibility": 32, "panoptic": False},
+    "coco-stuff-10k": {"num_labels": 171, "size_divisibility": 32, "panoptic": False},
+    "cityscapes": {"num_labels": 19, "size_divisibility": 32, "panoptic": False},
+    "mapillary-vistas": {"num_labels": 65, "size_divisibility": 32, "panoptic": False},
+    "coco-panoptic": {
+        "num_labels": 133, "size_divisibility": 0, "panoptic": True, "stuff": COCO_PANOPTIC_STUFF_IDS,
+        "size": (800, 1333),
+    },
+    "ade20k-panoptic": {
+        "num_labels": 150, "size_divisibility": 0, "panoptic": True, "stuff": ADE20K_PANOPTIC_STUFF_IDS,
+        "size": (640, 2560),
+    },
+}
+
+
+@dataclass(frozen=True)
+class ResNetSize:
+    """A ResNet backbone of the releases (detectron2's, bottleneck blocks, widths 256 ... 2048), in transformers'
+    `ResNetConfig` field names. `deep_stem`: the DeepLab stem of three 3x3 convolutions (to `embedding_size`) and the
+    multi-grid dilations (1, 2, 4) of the last stage (R101c)."""
+
+    depths: tuple[int, ...]
+    embedding_size: int = 64
+    deep_stem: bool = False
+
+
+@dataclass(frozen=True)
+class SwinSize:
+    """A Swin backbone of the releases (patch 4, MLP ratio 4, drop path 0.3), in transformers' `SwinConfig` field
+    names."""
+
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int
+
+
+# The backbones of the released models (MODEL.RESNETS / MODEL.SWIN of their configs): Swin-B / L are the ImageNet-22k
+# 384 models (window 12), Swin-T / S the ImageNet-1k 224 ones (window 7).
+MASKFORMER_BACKBONES = {
+    "r50": ResNetSize(depths=(3, 4, 6, 3)),
+    "r101": ResNetSize(depths=(3, 4, 23, 3)),
+    "r101c": ResNetSize(depths=(3, 4, 23, 3), embedding_size=128, deep_stem=True),
+    "swin-t": SwinSize(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "swin-s": SwinSize(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "swin-b": SwinSize(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    "swin-l": SwinSize(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12),
+}
+
+
+def _release(backbone: str, dataset: str, **overrides) -> Release:
+    settings = RELEASE_SETTINGS[dataset]
+    return Release(
+        backbone,
+        {"num_labels": settings["num_labels"], "size_divisibility": settings["size_divisibility"], **overrides},
+    )
+
+
+# The R50 / R101 panoptic releases use the TransformerEncoderPixelDecoder (6 transformer-encoder layers on the 1/32
+# map, whose 256-wide output the transformer decoder reads without an input projection); every other release has the
+# plain FPN and an input projection of the backbone's last map in its weights.
+_ENCODER_PIXEL_DECODER = {"pixel_decoder_encoder_layers": 6, "enforce_input_projection": False}
+
+_RESNETS, _SWINS = ("r50", "r101", "r101c"), ("swin-t", "swin-s", "swin-b", "swin-l")
+
+# The released models (hf_segmodels/zoo/zoo.json) by their zoo names: backbone and dataset.
+MASKFORMER_RELEASES = {
+    **{f"maskformer-{b}-ade": _release(b, "ade20k") for b in _RESNETS + _SWINS},
+    **{f"maskformer-{b}-coco-stuff-10k": _release(b, "coco-stuff-10k") for b in _RESNETS},
+    **{f"maskformer-{b}-ade-full": _release(b, "ade20k-full") for b in _RESNETS},
+    **{f"maskformer-{b}-cityscapes": _release(b, "cityscapes") for b in ("r101", "r101c")},
+    "maskformer-r50-mapillary-vistas": _release("r50", "mapillary-vistas"),
+    **{
+        f"maskformer-{b}-coco-panoptic": _release(b, "coco-panoptic", **_ENCODER_PIXEL_DECODER) for b in ("r50", "r101")
+    },
+    **{f"maskformer-{b}-coco-panoptic": _release(b, "coco-panoptic") for b in _SWINS},
+    **{
+        f"maskformer-{b}-ade-panoptic": _release(b, "ade20k-panoptic", **_ENCODER_PIXEL_DECODER) for b in ("r50", "r101")
+    },
+}
+
 
 @strict
-class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+class SegmodelsMaskFormerConfig(PresetConfigMixin, RemoteCodeConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`MaskFormerForUniversalSegmentation`]: a backbone, an FPN pixel decoder producing 1/4-resolution
     per-pixel embeddings, a DETR transformer decoder over the backbone's last feature map, a class head (num_labels + 1
@@ -70,6 +170,10 @@ class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             sliding-window inference, multi-scale + flip setting, semantic or panoptic task); see
             `hf_segmodels.protocol`. `infer_logits` and `pipeline("image-segmentation")` follow it.
 
+    `MaskFormerConfig.from_preset(name)` gives a released model by its zoo name (`preset_names()`, e.g.
+    `"maskformer-swin-b-ade"`, `"maskformer-r50-coco-panoptic"`: its backbone, classes, size divisibility and test
+    protocol, as the converter builds it); `"swin-base"` (an alias) is the default config above.
+
     Example:
 
     ```python
@@ -81,6 +185,9 @@ class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     ```"""
 
     model_type = "segmodels_maskformer"
+    _PRESET_KIND = "MaskFormer"
+    _RELEASES = MASKFORMER_RELEASES
+    _ALIAS_HINT = "'swin-base' (the default config: Swin-B 384 backbone, as transformers' MaskFormer)"
     # `Trainer.evaluate` / `predict` gather every output except these: the predictions are then the semantic `logits`
     # (B, num_labels, h, w), as for the per-pixel models (the per-query outputs differ in size between batches).
     keys_to_ignore_at_inference = [
@@ -189,9 +296,61 @@ class SegmodelsMaskFormerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
                 )
 
 
+    @classmethod
+    def _alias_names(cls) -> list[str]:
+        return ["swin-base"]
+
+    @classmethod
+    def _from_alias(cls, name: str, **kwargs) -> "MaskFormerConfig | None":
+        return cls(**kwargs) if name == "swin-base" else None
+
+    @classmethod
+    def _from_release(cls, release: Release, **kwargs) -> "MaskFormerConfig":
+        """The config of a release as the converter builds it from the original weights (`config_from_original`
+        with the release's settings): DETR decoder of 6 layers, d_model 256, 8 heads, FFN 2048, dropout 0.1 and 100
+        queries; 256-wide FPN and mask embeddings."""
+        size = MASKFORMER_BACKBONES[release.variant]
+        out_features = ["stage1", "stage2", "stage3", "stage4"]
+        values = {}
+        if isinstance(size, ResNetSize):
+            backbone = ResNetConfig(
+                embedding_size=size.embedding_size, hidden_sizes=[256, 512, 1024, 2048], depths=list(size.depths),
+                layer_type="bottleneck", downsample_in_bottleneck=False, out_features=out_features,
+            )
+            if size.deep_stem:
+                values.update(backbone_deep_stem=True, backbone_last_stage_dilations=[1, 2, 4])
+        else:
+            backbone = MaskFormerSwinConfig(
+                embed_dim=size.embed_dim, patch_size=4, depths=list(size.depths), num_heads=list(size.num_heads),
+                window_size=size.window_size, mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.3,
+                out_features=out_features,
+            )
+        decoder = DetrConfig(
+            d_model=256, decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048, dropout=0.1,
+            attention_dropout=0.1, activation_dropout=0.1, num_queries=100, use_timm_backbone=False,
+        )
+        values.update(
+            backbone_config=backbone, decoder_config=decoder, num_queries=100, fpn_feature_size=256,
+            mask_feature_size=256, pixel_decoder_encoder_layers=0, enforce_input_projection=True,
+        )
+        values.update(release.overrides)
+        values.update(kwargs)
+        return cls(**values)
+
+
 # transformers' Auto classes look classes up by *name* (`_LazyAutoMapping`): a class named like one of transformers'
 # would resolve to transformers' models (e.g. `AutoModel` -> its MaskFormerModel with random weights). The class therefore
 # has a name of its own; the public name (README, docs/ARCHITECTURE.md) is an alias.
 MaskFormerConfig = SegmodelsMaskFormerConfig
 
-__all__ = ["MaskFormerConfig", "SegmodelsMaskFormerConfig"]
+__all__ = [
+    "ADE20K_PANOPTIC_STUFF_IDS",
+    "COCO_PANOPTIC_STUFF_IDS",
+    "MASKFORMER_BACKBONES",
+    "MASKFORMER_RELEASES",
+    "RELEASE_SETTINGS",
+    "MaskFormerConfig",
+    "ResNetSize",
+    "SegmodelsMaskFormerConfig",
+    "SwinSize",
+]

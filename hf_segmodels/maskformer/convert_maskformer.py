@@ -72,7 +72,12 @@ import yaml
 from transformers import DetrConfig, MaskFormerSwinConfig, ResNetConfig
 
 from ..conversion_utils import ConversionError, load_checkpoint, load_state_dict_strict, rename_keys
-from .configuration_maskformer import MaskFormerConfig
+from .configuration_maskformer import (  # noqa: F401  (the release settings are public names of this module too)
+    ADE20K_PANOPTIC_STUFF_IDS,
+    COCO_PANOPTIC_STUFF_IDS,
+    RELEASE_SETTINGS,
+    MaskFormerConfig,
+)
 from .image_processing_maskformer import MaskFormerImageProcessor
 from .modeling_maskformer import MaskFormerForUniversalSegmentation
 
@@ -228,30 +233,6 @@ def load_original_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False
 # ----------------------------------------------------------------------------------------------------------------
 # The release's detectron2 config (config.yaml) and what the weights cannot tell
 # ----------------------------------------------------------------------------------------------------------------
-
-# Contiguous ids of the "stuff" classes of the panoptic datasets, as the original's metadata defines them
-# (`thing_dataset_id_to_contiguous_id`): COCO panoptic (detectron2 `COCO_CATEGORIES`: 80 things, then 53 stuff) and
-# ADE20K panoptic (MaskFormer `register_ade20k_panoptic.py`, `isthing` of `ADE20K_150_CATEGORIES`).
-COCO_PANOPTIC_STUFF_IDS = tuple(range(80, 133))
-ADE20K_PANOPTIC_STUFF_IDS = (
-    0, 1, 2, 3, 4, 5, 6, 9, 11, 13, 16, 17, 21, 25, 26, 28, 29, 34, 40, 46, 48, 51, 52, 54, 59, 60, 61, 63, 68, 77, 79,
-    84, 91, 94, 96, 99, 100, 101, 105, 106, 109, 113, 114, 117, 122, 128, 131, 140, 141, 145,
-)
-
-# What a release's config sets and its weights cannot tell, per dataset of hf_segmodels/zoo/zoo.json (used when no
-# config.yaml is given): MASK_FORMER.SIZE_DIVISIBILITY (32 for the semantic releases, 0 for the panoptic ones),
-# PANOPTIC_ON (which makes the original resize the mask logits before the semantic / panoptic inference), the stuff
-# classes of the panoptic metadata and the test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
-RELEASE_SETTINGS = {
-    "ade20k": {"size_divisibility": 32, "panoptic": False, "size": (512, 2048)},
-    "ade20k-full": {"size_divisibility": 32, "panoptic": False},
-    "coco-stuff-10k": {"size_divisibility": 32, "panoptic": False},
-    "cityscapes": {"size_divisibility": 32, "panoptic": False},
-    "mapillary-vistas": {"size_divisibility": 32, "panoptic": False},
-    "coco-panoptic": {"size_divisibility": 0, "panoptic": True, "stuff": COCO_PANOPTIC_STUFF_IDS, "size": (800, 1333)},
-    "ade20k-panoptic": {"size_divisibility": 0, "panoptic": True, "stuff": ADE20K_PANOPTIC_STUFF_IDS, "size": (640, 2560)},
-}
-
 
 def _stuff_ids_of_dataset(name: str) -> tuple[int, ...] | None:
     """Stuff classes of a detectron2 panoptic dataset name (`coco_2017_val_panoptic`, `ade20k_panoptic_val`)."""

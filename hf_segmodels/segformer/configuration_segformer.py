@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ..configuration_utils import check_id2label
+from ..presets import PresetConfigMixin, Release
 from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
@@ -44,9 +45,10 @@ CITYSCAPES_CLASSES = (
     "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )  # fmt: skip
 
-# The released semantic-segmentation models: encoder, dataset and the test-time image size of the original configs
-# (`local_configs/segformer/B*/*.py`). ADE20K models are evaluated on the whole image resized to a short side of 512
-# (640 for B5), Cityscapes models with 1024 x 1024 sliding windows (stride 768) on 1024 x 2048 images.
+# The released semantic-segmentation models by their original names (aliases of the zoo names of `SEGFORMER_RELEASES`):
+# encoder, dataset and the test-time image size of the original configs (`local_configs/segformer/B*/*.py`). ADE20K
+# models are evaluated on the whole image resized to a short side of 512 (640 for B5), Cityscapes models with
+# 1024 x 1024 sliding windows (stride 768) on 1024 x 2048 images.
 SEGFORMER_PRESETS: dict[str, dict] = {
     **{f"b{i}-ade-512": {"encoder": f"mit-b{i}", "dataset": "ade20k", "test_size": 512} for i in range(5)},
     "b5-ade-640": {"encoder": "mit-b5", "dataset": "ade20k", "test_size": 640},
@@ -55,15 +57,30 @@ SEGFORMER_PRESETS: dict[str, dict] = {
 
 _DATASET_CLASSES = {"ade20k": ADE20K_CLASSES, "cityscapes": CITYSCAPES_CLASSES}
 
+# The released models (hf_segmodels/zoo/zoo.json) by their zoo names, with their original names (`SEGFORMER_PRESETS`).
+# The real-time Cityscapes runs of B0 (trained on 512x1024, 640x1280 and 768x768 crops) have the architecture of
+# "b0-cityscapes-1024"; they differ in their test protocol, which the zoo records.
+SEGFORMER_RELEASES: dict[str, Release] = {
+    **{f"segformer-b{i}-ade": Release(f"b{i}-ade-512") for i in range(5)},
+    "segformer-b5-ade": Release("b5-ade-640"),
+    **{f"segformer-b{i}-cityscapes": Release(f"b{i}-cityscapes-1024") for i in range(6)},
+    **{
+        f"segformer-b0-{crop}-cityscapes": Release("b0-cityscapes-1024")
+        for crop in ("512x1024", "640x1280", "768x768")
+    },
+}
+
 DecoderType = Literal["original", "mmseg"]
 
 
 @strict
-class SegmodelsSegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+class SegmodelsSegformerConfig(PresetConfigMixin, RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of [`SegformerModel`] (the Mix Transformer encoder) and [`SegformerForSemanticSegmentation`].
 
     Field names are those of transformers' `SegformerConfig`. The defaults give MiT-B0 with its 256-wide decoder; use
-    [`SegformerConfig.from_preset`] for the released B0-B5 ADE20K / Cityscapes models.
+    [`SegformerConfig.from_preset`] for the released B0-B5 ADE20K / Cityscapes models, by their zoo names
+    (`preset_names()`, e.g. `"segformer-b2-ade"`: classes with their names and the test protocol) or their original
+    names (aliases, `preset_aliases()`: `"b2-ade-512"`, and `"mit-b2"` for a bare encoder).
 
     Args:
         num_channels (`int`, defaults to 3): input image channels.
@@ -103,12 +120,18 @@ class SegmodelsSegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
     ```python
     >>> from hf_segmodels import SegformerConfig, SegformerForSemanticSegmentation
-    >>> config = SegformerConfig.from_preset("b2-ade-512")
+    >>> config = SegformerConfig.from_preset("segformer-b2-ade")
     >>> model = SegformerForSemanticSegmentation(config)
     ```
     """
 
     model_type = "segmodels_segformer"
+    _PRESET_KIND = "SegFormer"
+    _RELEASES = SEGFORMER_RELEASES
+    _ALIAS_HINT = (
+        "the original released models 'b0-ade-512' ... 'b4-ade-512', 'b5-ade-640', 'b0-cityscapes-1024' ... "
+        "'b5-cityscapes-1024' (`SEGFORMER_PRESETS`) and the bare MiT encoders 'mit-b0' ... 'mit-b5'"
+    )
     attribute_map = {"num_hidden_layers": "num_encoder_blocks"}
 
     num_channels: int = 3
@@ -158,9 +181,11 @@ class SegmodelsSegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
                 )
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs) -> "SegformerConfig":
-        """The configuration of a released SegFormer model (`"b0-ade-512"` ... `"b5-cityscapes-1024"`, see
-        `SEGFORMER_PRESETS`) or of a bare MiT encoder (`"mit-b0"` ... `"mit-b5"`); `kwargs` override fields."""
+    def _alias_names(cls) -> list[str]:
+        return [*SEGFORMER_PRESETS, *MIT_ENCODERS]
+
+    @classmethod
+    def _from_alias(cls, name: str, **kwargs) -> "SegformerConfig | None":
         if name in SEGFORMER_PRESETS:
             preset = SEGFORMER_PRESETS[name]
             classes = _DATASET_CLASSES[preset["dataset"]]
@@ -170,9 +195,7 @@ class SegmodelsSegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         elif name in MIT_ENCODERS:
             fields = dict(MIT_ENCODERS[name])
         else:
-            raise ValueError(
-                f"Unknown SegFormer preset {name!r}; choose one of {sorted(SEGFORMER_PRESETS) + sorted(MIT_ENCODERS)}."
-            )
+            return None
         fields = {key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()}
         fields.update(kwargs)
         return cls(**fields)
@@ -183,4 +206,6 @@ class SegmodelsSegformerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 # has a name of its own; the public name (README, docs/ARCHITECTURE.md) is an alias.
 SegformerConfig = SegmodelsSegformerConfig
 
-__all__ = ["SegformerConfig", "SegmodelsSegformerConfig", "SEGFORMER_PRESETS", "MIT_ENCODERS"]
+__all__ = [
+    "SegformerConfig", "SegmodelsSegformerConfig", "SEGFORMER_PRESETS", "SEGFORMER_RELEASES", "MIT_ENCODERS",
+]

@@ -332,9 +332,9 @@ def image_processor_from_mmseg_config(cfg: dict | None, num_labels: int) -> Segf
     train_pipeline = list(cfg.get("train_pipeline", []))
     if not pipeline:
         if num_labels == 150:
-            return SegformerImageProcessor.from_preset("b0-ade-512")
+            return SegformerImageProcessor.from_preset("segformer-b0-ade")
         if num_labels == 19:
-            return SegformerImageProcessor.from_preset("b0-cityscapes-1024")
+            return SegformerImageProcessor.from_preset("segformer-b0-cityscapes")
         return SegformerImageProcessor()
     kwargs: dict = {"size_divisor": None}
     steps = []

@@ -5,7 +5,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import Unpack
 
 from ..image_processing import SegmentationImageProcessorKwargs, SemanticSegmentationImageProcessor
-from .configuration_segformer import SEGFORMER_PRESETS
+from ..presets import release_test_protocol, unknown_preset_error
+from .configuration_segformer import SEGFORMER_PRESETS, SEGFORMER_RELEASES
 
 
 class SegformerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=False):
@@ -26,7 +27,7 @@ class SegmodelsSegformerImageProcessor(SemanticSegmentationImageProcessor):
     (`img_scale=(2048, 512)`), both sides then rounded up to a multiple of 32 (`AlignedResize`), pixels rescaled to
     [0, 1] and normalised with the ImageNet mean/std (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375) on the
     0-255 scale. Images are resized like the original's (OpenCV-style bilinear, twice: keep-ratio, then aligned).
-    `SegformerImageProcessor.from_preset("b0-cityscapes-1024")` gives the Cityscapes protocol (shorter side 1024,
+    `SegformerImageProcessor.from_preset("segformer-b0-cityscapes")` gives the Cityscapes protocol (shorter side 1024,
     longer at most 2048, no alignment, labels not reduced). Set `do_reduce_labels=True` for ADE20K label maps (0 is
     "other"); the ADE20K presets do.
     """
@@ -45,16 +46,25 @@ class SegmodelsSegformerImageProcessor(SemanticSegmentationImageProcessor):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "SegformerImageProcessor":
-        """The test-time preprocessing of a released model (`"b0-ade-512"` ... `"b5-cityscapes-1024"`)."""
-        if name not in SEGFORMER_PRESETS:
-            raise ValueError(f"Unknown SegFormer preset {name!r}; choose one of {sorted(SEGFORMER_PRESETS)}.")
-        preset = SEGFORMER_PRESETS[name]
+        """The test-time preprocessing of a released model, by its zoo name (`"segformer-b0-ade"`,
+        `"segformer-b0-512x1024-cityscapes"`: the resize of the test protocol the zoo records) or its original name
+        (`"b0-ade-512"` ... `"b5-cityscapes-1024"`); `kwargs` override any argument."""
+        release = SEGFORMER_RELEASES.get(name)
+        original_name = name if release is None else release.variant
+        if original_name not in SEGFORMER_PRESETS:
+            raise unknown_preset_error(
+                "SegFormer", name, list(SEGFORMER_RELEASES), f"the original names {', '.join(SEGFORMER_PRESETS)}"
+            )
+        preset = SEGFORMER_PRESETS[original_name]
         ade = preset["dataset"] == "ade20k"
         defaults = {
             "size": {"shortest_edge": preset["test_size"], "longest_edge": 2048},
             "size_divisor": 32 if ade else None,
             "do_reduce_labels": ade,
         }
+        if release is not None:
+            protocol = release_test_protocol(name)
+            defaults.update(size=protocol["resize"], size_divisor=protocol["size_divisor"])
         return cls(**{**defaults, **kwargs})
 
     def _preprocess(self, images: list[np.ndarray], do_resize: bool, size: SizeDict, resample, size_divisor=None,

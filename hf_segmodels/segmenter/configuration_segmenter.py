@@ -3,17 +3,13 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from ..configuration_utils import check_id2label
+from ..configuration_utils import check_choices, check_id2label, check_vit_encoder
+from ..presets import VIT_SIZES, PresetConfigMixin, Release
 from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
-# Encoders of rstrudel/segmenter's `segm/config.yml` (width, heads, layers); MLP size is 4x width, head size 64.
-ENCODER_SIZES = {
-    "tiny": (192, 3, 12),
-    "small": (384, 6, 12),
-    "base": (768, 12, 12),
-    "large": (1024, 16, 24),
-}
+# Encoders of rstrudel/segmenter's `segm/config.yml`: ViT-Ti / S / B / L, head size 64, MLP 4x the width.
+ENCODER_SIZES = {name: VIT_SIZES[name] for name in ("tiny", "small", "base", "large")}
 
 # Dataset defaults of the original training / evaluation (segm/config.yml): classes, crop = window, stride.
 DATASETS = {
@@ -27,9 +23,25 @@ NORMALIZATION = {
     "deit": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
+# The released models (hf_segmodels/zoo/zoo.json) by their zoo names: the original variant and dataset of each, and
+# where the release differs from them. The ADE20K ViT-L run is `seg_large_mask_640` (640 crops); the Pascal Context
+# release predicts 60 classes (`n_cls = 60` in segm/data/pascal_context.py: 59 + background; `DATASETS` keeps its 59
+# for the original names, which give what they always gave).
+SEGMENTER_RELEASES = {
+    "segmenter-t16-ade": Release("seg_tiny_mask", {"dataset": "ade20k"}),
+    "segmenter-s16-ade": Release("seg_small_mask", {"dataset": "ade20k"}),
+    "segmenter-b16-ade": Release("seg_base_mask", {"dataset": "ade20k"}),
+    "segmenter-b8-linear-ade": Release("seg_base_linear_8", {"dataset": "ade20k"}),
+    "segmenter-l16-ade": Release("seg_large_mask", {"dataset": "ade20k", "image_size": 640}),
+    "segmenter-b16-deit-linear-ade": Release("seg_base_deit_linear", {"dataset": "ade20k"}),
+    "segmenter-b16-deit-ade": Release("seg_base_deit_mask", {"dataset": "ade20k"}),
+    "segmenter-l16-pascal-context": Release("seg_large_mask", {"dataset": "pascal_context", "num_labels": 60}),
+    "segmenter-l16-cityscapes": Release("seg_large_mask", {"dataset": "cityscapes"}),
+}
+
 
 @strict
-class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+class SegmenterConfig(PresetConfigMixin, RemoteCodeConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`SegmenterForSemanticSegmentation`]: a plain ViT encoder (optionally DeiT-distilled) and a
     linear or Mask-Transformer decoder. Encoder fields use transformers' `ViTConfig` names.
@@ -56,15 +68,25 @@ class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             sliding-window inference, multi-scale + flip setting); see `hf_segmodels.protocol`. `infer_logits` and
             `pipeline("image-segmentation")` follow it. None (the default) means whole-image inference.
 
+    `SegmenterConfig.from_preset(name)` gives a released model by its zoo name (`preset_names()`, e.g.
+    `"segmenter-l16-ade"`: its dataset's classes, crop and test protocol); the original names
+    (`preset_aliases()`, e.g. `"seg_large_mask"`, as `from_original_variant`) are accepted as aliases.
+
     Example:
 
     ```python
     >>> from hf_segmodels import SegmenterConfig, SegmenterForSemanticSegmentation
-    >>> config = SegmenterConfig.from_original_variant("seg_base_mask", dataset="ade20k")
+    >>> config = SegmenterConfig.from_preset("segmenter-b16-ade")
     >>> model = SegmenterForSemanticSegmentation(config)
     ```"""
 
     model_type = "segmodels_segmenter"
+    _PRESET_KIND = "Segmenter"
+    _RELEASES = SEGMENTER_RELEASES
+    _ALIAS_HINT = (
+        "'seg_<tiny|small|base|large>[_deit]_<mask|linear>[_8|_32]' (e.g. 'seg_large_mask', with `dataset=` "
+        "'ade20k' (default), 'pascal_context', 'cityscapes' or None), as `from_original_variant`"
+    )
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -118,52 +140,43 @@ class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             "output_upsampling": ("pad_crop", "resize"),
             "position_embedding_interpolation": ("bilinear", "bicubic"),
         }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
-            )
-        sizes = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
-        if any(size % self.patch_size for size in sizes):
-            raise ValueError(f"`image_size` {self.image_size} must be a multiple of `patch_size` {self.patch_size}.")
+        check_choices(self, choices)
+        check_vit_encoder(self)
 
     @classmethod
     def from_original_variant(cls, name: str, dataset: str | None = "ade20k", **kwargs) -> "SegmenterConfig":
         """Config of a model of the original repository by its name: `seg_{tiny,small,base,large}_{mask,linear}`
         with optional patch-size suffix `_8` / `_32` (default 16), e.g. `seg_large_mask`, `seg_base_linear_8`,
         `seg_small_mask_32`; `seg_base_deit_mask` / `seg_tiny_deit_linear` ... for the DeiT-distilled encoders.
+        These names are the aliases of `from_preset`, whose zoo names (`"segmenter-l16-ade"`) give the released
+        models with their dataset, crop and test protocol.
 
         `dataset` ("ade20k", "pascal_context", "cityscapes" or None) sets `num_labels` and the crop size; `kwargs`
         override any field (e.g. `num_labels=5`).
         """
-        parts = name.split("_")
-        if len(parts) < 3 or parts[0] != "seg":
-            raise ValueError(f"Unknown Segmenter variant {name!r}; expected e.g. 'seg_base_mask' or 'seg_large_linear_8'.")
-        patch_size = 16
-        if parts[-1].isdigit():
-            patch_size = int(parts.pop())
-        distilled = "deit" in parts
-        parts = [p for p in parts if p != "deit"]
-        if len(parts) != 3 or parts[1] not in ENCODER_SIZES or parts[2] not in ("mask", "linear"):
-            raise ValueError(
-                f"Unknown Segmenter variant {name!r}: size must be one of {sorted(ENCODER_SIZES)} and the decoder "
-                "'mask' or 'linear'."
-            )
-        if patch_size not in (8, 16, 32):
-            raise ValueError(f"Segmenter variants use patch size 8, 16 or 32, got {patch_size} in {name!r}.")
-        width, heads, layers = ENCODER_SIZES[parts[1]]
-        values = {
-            "hidden_size": width,
-            "num_attention_heads": heads,
-            "num_hidden_layers": layers,
-            "intermediate_size": 4 * width,
-            "patch_size": patch_size,
-            "distilled": distilled,
-            "decoder_type": "mask_transformer" if parts[2] == "mask" else "linear",
-        }
+        return cls._from_variant_fields(_variant_fields(name), dataset, **kwargs)
+
+    @classmethod
+    def _alias_names(cls) -> list[str]:
+        return [
+            "_".join(["seg", size, *(["deit"] if deit else []), decoder, *([str(patch)] if patch != 16 else [])])
+            for size in ENCODER_SIZES
+            for deit in (False, True)
+            for decoder in ("mask", "linear")
+            for patch in (16, 8, 32)
+        ]
+
+    @classmethod
+    def _from_alias(cls, name: str, dataset: str | None = "ade20k", **kwargs) -> "SegmenterConfig | None":
+        try:
+            fields = _variant_fields(name)
+        except ValueError:
+            return None
+        return cls._from_variant_fields(fields, dataset, **kwargs)
+
+    @classmethod
+    def _from_variant_fields(cls, fields: dict, dataset: str | None, **kwargs) -> "SegmenterConfig":
+        values = dict(fields)
         if dataset is not None:
             if dataset not in DATASETS:
                 raise ValueError(f"Unknown dataset {dataset!r}; known: {sorted(DATASETS)} (or None).")
@@ -171,6 +184,31 @@ class SegmenterConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             values["image_size"] = DATASETS[dataset]["crop_size"]
         values.update(kwargs)
         return cls(**values)
+
+
+def _variant_fields(name: str) -> dict:
+    """The config fields an original variant name sets (raises `ValueError` for other names)."""
+    parts = name.split("_")
+    if len(parts) < 3 or parts[0] != "seg":
+        raise ValueError(f"Unknown Segmenter variant {name!r}; expected e.g. 'seg_base_mask' or 'seg_large_linear_8'.")
+    patch_size = 16
+    if parts[-1].isdigit():
+        patch_size = int(parts.pop())
+    distilled = "deit" in parts
+    parts = [p for p in parts if p != "deit"]
+    if len(parts) != 3 or parts[1] not in ENCODER_SIZES or parts[2] not in ("mask", "linear"):
+        raise ValueError(
+            f"Unknown Segmenter variant {name!r}: size must be one of {sorted(ENCODER_SIZES)} and the decoder "
+            "'mask' or 'linear'."
+        )
+    if patch_size not in (8, 16, 32):
+        raise ValueError(f"Segmenter variants use patch size 8, 16 or 32, got {patch_size} in {name!r}.")
+    return {
+        **ENCODER_SIZES[parts[1]].config_fields(),
+        "patch_size": patch_size,
+        "distilled": distilled,
+        "decoder_type": "mask_transformer" if parts[2] == "mask" else "linear",
+    }
 
 
 __all__ = ["SegmenterConfig"]

@@ -3,17 +3,14 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from ..configuration_utils import check_id2label
+from ..configuration_utils import check_choices, check_id2label, check_vit_encoder
+from ..presets import VIT_SIZES, PresetConfigMixin, Release
 from ..protocol import normalize_test_protocol
 from ..remote_code import RemoteCodeConfigMixin
 
-# Encoders of the released models (width, layers, heads). "deit" is T-Base initialised from DeiT-B (the DeiT
-# distillation token is not used by SETR: its encoder has the cls token only).
-ENCODER_SIZES = {
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "deit": (768, 12, 12),
-}
+# Encoders of the released models: T-Base and T-Large are ViT-B and ViT-L; "deit" is T-Base initialised from DeiT-B
+# (the DeiT distillation token is not used by SETR: its encoder has the cls token only).
+ENCODER_SIZES = {"base": VIT_SIZES["base"], "large": VIT_SIZES["large"], "deit": VIT_SIZES["base"]}
 
 # Classes, training crop (= sliding window) and sliding-window stride of the released configs.
 DATASETS = {
@@ -42,6 +39,25 @@ _HEAD_DEFAULTS = {
             "auxiliary_num_convs": 1, "auxiliary_kernel_size": 3, "auxiliary_up_scale": 4},
 }
 
+# The released models (hf_segmodels/zoo/zoo.json) by their zoo names, with their original names: the 40k / 80k
+# Cityscapes runs and the batch-8 / 16 Pascal Context MLA runs share an architecture.
+SETR_RELEASES = {
+    **{
+        f"setr-{decoder}-{iterations}-cityscapes": Release(f"setr_{decoder}_large_cityscapes")
+        for decoder in ("naive", "mla", "pup")
+        for iterations in ("40k", "80k")
+    },
+    "setr-naive-base-40k-cityscapes": Release("setr_naive_base_cityscapes"),
+    "setr-naive-base-80k-cityscapes": Release("setr_naive_base_cityscapes"),
+    "setr-naive-ade": Release("setr_naive_large_ade20k"),
+    "setr-mla-ade": Release("setr_mla_large_ade20k"),
+    "setr-pup-ade": Release("setr_pup_large_ade20k"),
+    "setr-naive-pascal-context": Release("setr_naive_large_pascal_context"),
+    "setr-mla-bs8-pascal-context": Release("setr_mla_large_pascal_context"),
+    "setr-mla-pascal-context": Release("setr_mla_large_pascal_context"),
+    "setr-pup-pascal-context": Release("setr_pup_large_pascal_context"),
+}
+
 
 def default_layer_indices(decoder_type: str, num_hidden_layers: int) -> list[int]:
     """The auxiliary (and MLA) layers of the released configs; for other depths the paper's T-Large layers
@@ -58,7 +74,7 @@ def default_layer_indices(decoder_type: str, num_hidden_layers: int) -> list[int
 
 
 @strict
-class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
+class SetrConfig(PresetConfigMixin, RemoteCodeConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`SetrForSemanticSegmentation`]: a plain ViT encoder (no downsampling beyond the 16x16 patch
     embedding, no final LayerNorm) and one of SETR's three decoders, plus the auxiliary heads used for training.
@@ -113,11 +129,17 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
 
     ```python
     >>> from hf_segmodels import SetrConfig, SetrForSemanticSegmentation
-    >>> config = SetrConfig.from_preset("setr_pup_large_ade20k")
+    >>> config = SetrConfig.from_preset("setr-pup-ade")
     >>> model = SetrForSemanticSegmentation(config)
     ```"""
 
     model_type = "segmodels_setr"
+    _PRESET_KIND = "SETR"
+    _RELEASES = SETR_RELEASES
+    _ALIAS_HINT = (
+        "'setr_<naive|pup|mla>_<base|large|deit>_<ade20k|cityscapes|pascal_context>' (e.g. 'setr_pup_large_ade20k'), "
+        "with `implementation=` 'original' (default) or 'mmseg'"
+    )
 
     # Read by the shared ViTEncoder; SETR's encoder never has them.
     distilled = False
@@ -197,17 +219,8 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             "auxiliary_kernel_size": (1, 3),
             "mla_classifier_kernel_size": (1, 3),
         }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
-            )
-        sizes = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
-        if any(size % self.patch_size for size in sizes):
-            raise ValueError(f"`image_size` {self.image_size} must be a multiple of `patch_size` {self.patch_size}.")
+        check_choices(self, choices)
+        check_vit_encoder(self)
         for name in ("decoder_num_convs", "auxiliary_num_convs", "decoder_up_scale", "auxiliary_up_scale"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
@@ -241,19 +254,11 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     def num_auxiliary_heads(self) -> int:
         return len(self.auxiliary_layer_indices or [])
 
-    @staticmethod
-    def preset_names() -> list[str]:
-        """Every name `from_preset` accepts."""
-        return [
-            f"setr_{decoder}_{encoder}_{dataset}"
-            for decoder in ("naive", "pup", "mla")
-            for encoder in ENCODER_SIZES
-            for dataset in DATASETS
-        ]
-
     @classmethod
     def from_preset(cls, name: str, implementation: str = "original", **kwargs) -> "SetrConfig":
-        """Config of a released SETR model by name: `setr_{naive,pup,mla}_{base,large,deit}_{ade20k,cityscapes,
+        """Config of a released SETR model by its zoo name (`preset_names()`, e.g. `"setr-pup-ade"`,
+        `"setr-naive-base-40k-cityscapes"`: the release's architecture, classes, crop size and test protocol), or by
+        an original name (an alias, `preset_aliases()`): `setr_{naive,pup,mla}_{base,large,deit}_{ade20k,cityscapes,
         pascal_context}`, e.g. `setr_pup_large_cityscapes`, `setr_mla_deit_ade20k`, `setr_naive_base_cityscapes`.
 
         `implementation="original"` gives the heads of fudan-zvg/SETR (256-wide convs with biases, PUP classifier
@@ -262,22 +267,29 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         with two convs). Both use the released auxiliary layers and loss weights (0.4), the dataset's classes and
         crop size. `kwargs` override any field (e.g. `num_labels=5`).
         """
+        return super().from_preset(name, implementation=implementation, **kwargs)
+
+    @classmethod
+    def _alias_names(cls) -> list[str]:
+        return [
+            f"setr_{decoder}_{encoder}_{dataset}"
+            for decoder in ("naive", "pup", "mla")
+            for encoder in ENCODER_SIZES
+            for dataset in DATASETS
+        ]
+
+    @classmethod
+    def _from_alias(cls, name: str, implementation: str = "original", **kwargs) -> "SetrConfig | None":
         parts = name.split("_", 3)
         if len(parts) != 4 or parts[0] != "setr" or parts[1] not in ("naive", "pup", "mla") \
                 or parts[2] not in ENCODER_SIZES or parts[3] not in DATASETS:
-            raise ValueError(
-                f"Unknown SETR preset {name!r}; expected 'setr_<naive|pup|mla>_<base|large|deit>_<dataset>' with "
-                f"dataset one of {sorted(DATASETS)}, e.g. 'setr_pup_large_ade20k'."
-            )
+            return None
         if implementation not in ("original", "mmseg"):
             raise ValueError(f"`implementation` must be 'original' or 'mmseg', got {implementation!r}.")
         _, decoder, encoder, dataset = parts
-        width, layers, heads = ENCODER_SIZES[encoder]
+        size = ENCODER_SIZES[encoder]
         values = {
-            "hidden_size": width,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "intermediate_size": 4 * width,
+            **size.config_fields(),
             "image_size": DATASETS[dataset]["crop_size"],
             "num_labels": DATASETS[dataset]["num_labels"],
             "decoder_type": decoder,
@@ -296,7 +308,7 @@ class SetrConfig(RemoteCodeConfigMixin, PreTrainedConfig):
                 decoder_classifier_before_last_upsample=original,
                 auxiliary_num_convs=1 if original else 2, auxiliary_kernel_size=3, auxiliary_up_scale=4,
             )
-            if not original and layers == 24:
+            if not original and size.num_hidden_layers == 24:
                 # mmsegmentation's T-Large PUP configs have no auxiliary head on the last layer.
                 values["auxiliary_layer_indices"] = [9, 14, 19]
         else:

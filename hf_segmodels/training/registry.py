@@ -23,8 +23,10 @@ class Architecture:
         config_class, model_class, image_processor_class: the classes of `hf_segmodels.<name>`.
         recipe: the paper's optimisation recipe.
         backbone_prefixes: parameter-name prefixes of the ImageNet-pretrained encoder / backbone.
-        config_from_preset: `(name, image_size) -> config` for the architecture's preset names (the released models,
-            plus "tiny" for smoke tests and CPU experiments); raises `ValueError` listing the choices.
+        config_from_preset: `(name, image_size) -> config` for the architecture's preset names: the released models
+            by their zoo names (`config_class.from_preset`, e.g. "segformer-b2-ade", "maskformer-r50-ade"; the
+            original names are accepted as aliases) and "tiny" for smoke tests and CPU experiments; `image_size` is the
+            training crop of the ViT models. Raises `ValueError` listing the choices.
         load_backbone: `(model, source) -> None` loads ImageNet-pretrained encoder weights.
         sync_batch_norm: convert BatchNorms to `SyncBatchNorm` when training on several GPUs (the released models
             were trained with SyncBN).
@@ -46,6 +48,18 @@ class Architecture:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def _from_preset(config_class, name: str, **kwargs) -> PreTrainedConfig:
+    """`config_class.from_preset(name)`: a released model by its zoo name or an original name (alias). The release's
+    test protocol is dropped: it describes the release on its dataset, and a trained model records its own
+    (examples/train.py)."""
+    from ..presets import UnknownPresetError
+
+    try:
+        return config_class.from_preset(name, test_protocol=None, **kwargs)
+    except UnknownPresetError as error:
+        raise UnknownPresetError(f"{error} For training, 'tiny' (a small config for smoke tests) is one too.") from None
+
+
 def _segmenter_preset(name: str, image_size: int):
     from ..segmenter import SegmenterConfig
 
@@ -55,10 +69,7 @@ def _segmenter_preset(name: str, image_size: int):
             image_size=image_size, drop_path_rate=0.0, decoder_hidden_size=32, decoder_num_hidden_layers=1,
             decoder_num_attention_heads=2,
         )
-    try:
-        return SegmenterConfig.from_original_variant(name, dataset=None, image_size=image_size)
-    except ValueError as error:
-        raise ValueError(f"{error} Segmenter presets: 'tiny' or 'seg_<tiny|small|base|large>_<mask|linear>[_8|_32]'.")
+    return _from_preset(SegmenterConfig, name, image_size=image_size)
 
 
 def _setr_preset(name: str, image_size: int):
@@ -70,9 +81,7 @@ def _setr_preset(name: str, image_size: int):
             image_size=image_size, decoder_type="naive", decoder_hidden_size=32, auxiliary_hidden_size=16,
             auxiliary_layer_indices=[0],
         )
-    if name not in SetrConfig.preset_names():
-        raise ValueError(f"Unknown SETR preset {name!r}; choose 'tiny' or one of {SetrConfig.preset_names()}.")
-    return SetrConfig.from_preset(name, image_size=image_size)
+    return _from_preset(SetrConfig, name, image_size=image_size)
 
 
 def _segformer_preset(name: str, image_size: int):
@@ -83,7 +92,7 @@ def _segformer_preset(name: str, image_size: int):
             hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1],
             decoder_hidden_size=32, drop_path_rate=0.0,
         )
-    return SegformerConfig.from_preset(name)
+    return _from_preset(SegformerConfig, name)
 
 
 def _maskformer_preset(name: str, image_size: int):
@@ -103,12 +112,7 @@ def _maskformer_preset(name: str, image_size: int):
         return MaskFormerConfig(
             backbone_config=backbone, decoder_config=decoder, num_queries=8, fpn_feature_size=32, mask_feature_size=32
         )
-    if name == "swin-base":
-        return MaskFormerConfig()
-    raise ValueError(
-        f"Unknown MaskFormer preset {name!r}; choose 'tiny' or 'swin-base', or pass a saved config directory (e.g. "
-        "one with a ResNet backbone_config)."
-    )
+    return _from_preset(MaskFormerConfig, name)
 
 
 # ------------------------------------------------------------------------------------------------------------------
