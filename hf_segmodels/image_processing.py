@@ -314,7 +314,7 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
         """
         results = []
         for scores in resized_class_scores(outputs.logits, target_sizes):
-            segmentation = (scores[0] > 0).long() if scores.shape[0] == 1 else scores.argmax(dim=0)
+            segmentation = (scores[0] > 0).long() if scores.shape[0] == 1 else class_argmax(scores)
             results.append(
                 SemanticSegmentationPostProcessorOutput(
                     data={"segmentation": segmentation, "segmentation_scores": scores}
@@ -424,6 +424,23 @@ def resized_class_scores(logits: torch.Tensor, target_sizes=None) -> list[torch.
         F.interpolate(item[None], size=size, mode="bilinear", align_corners=False)[0]
         for item, size in zip(logits, sizes)
     ]
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(dim=0)` of (C, H, W) class scores: the same (H, W) int64 map (the first maximum wins ties),
+    computed on the CPU as a running maximum over the classes, one contiguous pass over an (H, W) plane per class,
+    instead of PyTorch's strided reduction over the leading dimension (several times slower for hundreds of classes
+    at full image size: `benchmarks/bench_pipeline.py`)."""
+    if scores.device.type != "cpu" or scores.shape[0] < 2 or not scores.is_contiguous():
+        return scores.argmax(dim=0)
+    best = scores[0].clone()
+    classes = torch.zeros(scores.shape[1:], dtype=torch.long)
+    for index in range(1, scores.shape[0]):
+        classes.masked_fill_(scores[index] > best, index)
+        torch.maximum(best, scores[index], out=best)
+    if torch.isnan(best).any():  # NaN counts as the maximum for argmax; let PyTorch find the first one
+        return scores.argmax(dim=0)
+    return classes
 
 
 def panoptic_from_class_scores(scores: torch.Tensor, label_ids_to_fuse: set[int]) -> dict:

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
-from .image_processing import crop_to_pixel_mask, panoptic_from_class_scores, resized_class_scores
+from .image_processing import class_argmax, crop_to_pixel_mask, panoptic_from_class_scores, resized_class_scores
 from .inference import infer_logits
 from .protocol import get_test_protocol
 
@@ -32,7 +32,9 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
     class scores are `hf_segmodels.infer_logits(model, pixel_values)` (whole image or sliding windows as
     `config.test_protocol` says, single scale; whole image when the checkpoint records no protocol), resized
     bilinearly to the input image's size as the originals do, and every class present in their argmax becomes one
-    segment scored by its mean probability (as `post_process_panoptic_segmentation` of the per-pixel models).
+    mask: with `score` None (semantic, the default, as transformers' pipeline answers for semantic models), or, for
+    `subtask="panoptic"`, scored by the class's mean probability over it (as `post_process_panoptic_segmentation` of
+    the per-pixel models).
     MaskFormer checkpoints whose protocol is panoptic (or that record none), and `subtask="panoptic"` /
     `"instance"` requests to MaskFormer, run the model's whole-image forward and the image processor's panoptic /
     instance post-processing, as detectron2 evaluates them. Other models go through transformers' code unchanged.
@@ -80,14 +82,33 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
             return super().postprocess(model_outputs, subtask=subtask, **kwargs)
         logits = model_outputs["protocol_scores"].logits
         scores = resized_class_scores(logits.float(), model_outputs["target_size"])[0]
+        if subtask not in ("panoptic", "instance"):
+            # Semantic (the default, as transformers' pipeline gives for semantic models): one mask per class present
+            # in the argmax map, no score.
+            segmentation = (scores[0] > 0).long() if scores.shape[0] == 1 else class_argmax(scores)
+            segmentation = segmentation.numpy()
+            labels = np.flatnonzero(np.bincount(segmentation.ravel(), minlength=scores.shape[0]))
+            return [
+                {"score": None, "label": self.model.config.id2label[int(label)], "mask": _mask(segmentation == label)}
+                for label in labels
+            ]
+        # Panoptic / instance requested of a per-pixel model: every class present is one segment, scored by its mean
+        # probability (`post_process_panoptic_segmentation` of our per-pixel processors).
         segments = panoptic_from_class_scores(scores, set())
         segmentation = segments["segmentation"].numpy()
-        annotation = []
-        for segment in segments["segments_info"]:
-            mask = PIL.Image.fromarray(((segmentation == segment["id"]) * 255).astype(np.uint8), mode="L")
-            label = self.model.config.id2label[segment["label_id"]]
-            annotation.append({"score": segment["score"], "label": label, "mask": mask})
-        return annotation
+        return [
+            {
+                "score": segment["score"],
+                "label": self.model.config.id2label[segment["label_id"]],
+                "mask": _mask(segmentation == segment["id"]),
+            }
+            for segment in segments["segments_info"]
+        ]
+
+
+def _mask(selected: np.ndarray) -> PIL.Image.Image:
+    """A boolean (H, W) map as transformers' pipeline returns masks: an 8-bit image, 255 on the segment."""
+    return PIL.Image.fromarray(selected.astype(np.uint8) * 255, mode="L")
 
 
 def register_pipeline() -> None:
