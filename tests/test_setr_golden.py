@@ -55,25 +55,27 @@ def test_sliding_window_logits(golden_dir, converted, case):
     np.testing.assert_allclose(scores.numpy(), _load(golden_dir, case, "slide_logits.npy"), rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["setr_naive_tiny", "setr_pup_tiny"])
-def test_encoder_features_mmseg(golden_dir, converted, case):
+def _encoder_outputs_and_features(golden_dir, converted, case):
+    """(converted model, its encoder's outputs with hidden states on the case's input, the reference features)."""
     model, _ = converted[case]
     pixel_values = torch.from_numpy(_load(golden_dir, case, "input.npy"))
-    features = _load(golden_dir, case, "features.npz")
     with torch.no_grad():
         outputs = model.encoder(pixel_values, output_hidden_states=True)
+    return model, outputs, _load(golden_dir, case, "features.npz")
+
+
+@pytest.mark.parametrize("case", ["setr_naive_tiny", "setr_pup_tiny"])
+def test_encoder_features_mmseg(golden_dir, converted, case):
+    _, outputs, features = _encoder_outputs_and_features(golden_dir, converted, case)
     for index in range(4):  # out_indices (0, 1, 2, 3); the cls token is dropped
         ours = tokens_to_feature_map(outputs.hidden_states[index + 1][:, 1:], outputs.grid_size)
         np.testing.assert_allclose(ours.numpy(), features[f"feat_{index}"], rtol=0, atol=1e-4)
 
 
 def test_mla_streams_match_mmseg_neck_outputs(golden_dir, converted):
-    model, _ = converted["setr_mla_tiny"]
-    pixel_values = torch.from_numpy(_load(golden_dir, "setr_mla_tiny", "input.npy"))
-    features = _load(golden_dir, "setr_mla_tiny", "features.npz")
+    model, outputs, features = _encoder_outputs_and_features(golden_dir, converted, "setr_mla_tiny")
+    tokens = [outputs.hidden_states[layer + 1] for layer in model.config.mla_layer_indices]
     with torch.no_grad():
-        outputs = model.encoder(pixel_values, output_hidden_states=True)
-        tokens = [outputs.hidden_states[layer + 1] for layer in model.config.mla_layer_indices]
         streams = model.decode_head.aggregation(tokens, outputs.grid_size)
     # mmseg's neck returns the deepest-only stream first; ours are shallowest first.
     for index in range(4):
@@ -81,11 +83,7 @@ def test_mla_streams_match_mmseg_neck_outputs(golden_dir, converted):
 
 
 def test_original_encoder_features(golden_dir, converted):
-    model, _ = converted["setr_original_pup_tiny"]
-    pixel_values = torch.from_numpy(_load(golden_dir, "setr_original_pup_tiny", "input.npy"))
-    features = _load(golden_dir, "setr_original_pup_tiny", "features.npz")
-    with torch.no_grad():
-        outputs = model.encoder(pixel_values, output_hidden_states=True)
+    _, outputs, features = _encoder_outputs_and_features(golden_dir, converted, "setr_original_pup_tiny")
     for index in range(4):  # every block's tokens, cls token included
         np.testing.assert_allclose(outputs.hidden_states[index + 1].numpy(), features[f"feat_{index}"], atol=1e-4,
                                    rtol=0)
