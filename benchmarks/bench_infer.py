@@ -37,23 +37,8 @@ from hf_segmodels import (  # noqa: E402
     infer_logits,
 )
 from hf_segmodels.inference import _window_starts  # noqa: E402
+from hf_segmodels.testing_utils import naive_sliding_window  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
-
-
-def naive_sliding_window(model, pixel_values: torch.Tensor, window: tuple[int, int], stride: tuple[int, int]):
-    """mmsegmentation's `slide_inference` loop: one window per model call, accumulated window by window."""
-    batch, _, height, width = pixel_values.shape
-    window_h, window_w = min(window[0], height), min(window[1], width)
-    summed = count = None
-    for top in _window_starts(height, window_h, stride[0]):
-        for left in _window_starts(width, window_w, stride[1]):
-            logits = model.full_resolution_logits(pixel_values[:, :, top : top + window_h, left : left + window_w])
-            if summed is None:
-                summed = logits.new_zeros(batch, logits.shape[1], height, width)
-                count = logits.new_zeros(1, 1, height, width)
-            summed[:, :, top : top + window_h, left : left + window_w] += logits
-            count[:, :, top : top + window_h, left : left + window_w] += 1
-    return summed / count
 
 
 def cpu_seconds(function) -> float:

@@ -22,7 +22,7 @@ from transformers import SegformerImageProcessor as HFSegformerImageProcessor
 from transformers import pipeline
 
 import hf_segmodels
-from hf_segmodels.model_card import load_zoo, zoo_test_protocol
+from hf_segmodels.cards.zoo import load_zoo, zoo_test_protocol
 from hf_segmodels.protocol import apply_test_protocol
 from hf_segmodels.segformer.convert_segformer import convert_segformer_checkpoint
 

@@ -28,9 +28,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 if str(REPOSITORY_ROOT) not in sys.path:  # running the script from a checkout without installing the package
     sys.path.insert(0, str(REPOSITORY_ROOT))
 
-from hf_segmodels.conversion_utils import ConversionError, save_converted  # noqa: E402
-from hf_segmodels.hub import plan_upload, push_plan  # noqa: E402
-from hf_segmodels.model_card import (  # noqa: E402
+from hf_segmodels.cards.zoo import (  # noqa: E402
     MODEL_CARDS_DIR,
     ZOO_PATH,
     find_zoo_entry,
@@ -40,6 +38,8 @@ from hf_segmodels.model_card import (  # noqa: E402
     zoo_repo_id,
     zoo_test_protocol,
 )
+from hf_segmodels.conversion_utils import ConversionError, save_converted  # noqa: E402
+from hf_segmodels.hub import plan_upload, push_plan  # noqa: E402
 from hf_segmodels.protocol import apply_test_protocol  # noqa: E402
 
 

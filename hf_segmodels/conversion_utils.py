@@ -288,7 +288,8 @@ def run_conversion_cli(
     protocol and published numbers from `hf_segmodels/zoo/zoo.json` when the checkpoint is a known release, whose
     original test protocol is also recorded in the config and the image processor's resize), and pushes
     (or, with `--dry_run`, prints the push) if asked."""
-    from .model_card import ZOO_PATH, find_zoo_entry, load_zoo, render_model_card, zoo_card_kwargs, zoo_test_protocol
+    from .cards.render import render_model_card
+    from .cards.zoo import ZOO_PATH, find_zoo_entry, load_zoo, zoo_card_kwargs, zoo_test_protocol
     from .protocol import apply_test_protocol
 
     parser = conversion_argument_parser(architecture, sources)

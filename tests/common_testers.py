@@ -6,8 +6,12 @@ import unittest
 
 import pytest
 
+from tiny import model_class, tiny_config
 from transformers_common import import_common
 
+# (each skips the importing test module, with one line saying why, when transformers' tests are unavailable)
+modeling_common = import_common("test_modeling_common")
+configuration_common = import_common("test_configuration_common")
 image_processing_common = import_common("test_image_processing_common")
 
 # Common tests that do not apply to any of our four architectures, with the reason (one line each).
@@ -89,41 +93,56 @@ class ImageProcessingTester(image_processing_common.ImageProcessingTester):
         return {"pil": self._image_processing_class}
 
 
-class ViTSegmentationModelTester:
-    """A tester in the style of transformers' `ViTModelTester` for our two plain-ViT models (Segmenter, SETR):
-    tiny encoder (2 layers), 32 x 32 images in 8 x 8 patches, a CLS token (sequence of 16 + 1 tokens)."""
+@mark_slow_common_tests
+@skip_common_tests(SKIPS_ALL_MODELS)
+class SegmentationModelTest(modeling_common.ModelTesterMixin):
+    """transformers' `ModelTesterMixin` set up for one of our models: `model_tester_class(self)` gives the inputs,
+    `config_tester_kwargs` the arguments of transformers' `ConfigTester` (with `has_text_modality=False`).
+    A test class derives from it and `unittest.TestCase` (the skips and slow marks of every model apply)."""
 
-    def __init__(self, parent, config_class, model_class, batch_size=4, image_size=32, patch_size=8,
-                 num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 num_labels=3, **config_kwargs):  # fmt: skip
+    test_resize_embeddings = False
+    test_can_init_all_missing_weights_before_2023 = True  # our files carry no copyright year; run it
+    model_tester_class: type
+    config_tester_kwargs: dict = {}
+
+    def setUp(self):
+        self.model_tester = self.model_tester_class(self)
+        config_class = type(self.model_tester.get_config())
+        self.config_tester = configuration_common.ConfigTester(
+            self, config_class=config_class, has_text_modality=False, **self.config_tester_kwargs
+        )
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
+
+
+@skip_common_tests(SKIPS_IMAGE_PROCESSORS)
+class SegmentationImageProcessingTest(
+    image_processing_common.ImageProcessingTestMixin, image_processing_common.PostProcessSemanticSegmentationTestMixin
+):
+    """transformers' image-processor tests (`image_processor_tester_class`) for one of our processors; a test class
+    derives from it and `unittest.TestCase`."""
+
+
+class ViTSegmentationModelTester:
+    """A tester in the style of transformers' `ViTModelTester` for our two plain-ViT models (Segmenter, SETR): the
+    tiny config of `architecture` with transformers' tester sizes (4 heads, MLP width 37, no stochastic depth, 3
+    classes) and `overrides`; 32 x 32 images in 8 x 8 patches, a CLS token (sequence of 16 + 1 tokens)."""
+
+    def __init__(self, parent, architecture, batch_size=4, **overrides):
         self.parent = parent
-        self.config_class, self.model_class = config_class, model_class
+        self.architecture, self.model_class = architecture, model_class(architecture)
         self.batch_size = batch_size
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.num_labels = num_labels
-        self.config_kwargs = config_kwargs
+        self.overrides = dict(num_labels=3, num_attention_heads=4, intermediate_size=37, drop_path_rate=0.0, **overrides)
+        config = self.get_config()
+        for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "intermediate_size", "num_labels"):  # fmt: skip
+            setattr(self, name, getattr(config, name))
         self.is_training = True
-        self.seq_length = (image_size // patch_size) ** 2 + 1  # patches + CLS
+        self.seq_length = (self.image_size // self.patch_size) ** 2 + 1  # patches + CLS
 
     def get_config(self):
-        return self.config_class(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_channels=self.num_channels,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            num_labels=self.num_labels,
-            drop_path_rate=0.0,
-            **self.config_kwargs,
-        )
+        return tiny_config(self.architecture, **self.overrides)
 
     def prepare_config_and_inputs(self):
         import torch
@@ -152,3 +171,17 @@ class ViTSegmentationModelTester:
         result = model(pixel_values, labels=labels)
         self.parent.assertEqual(result.logits.shape[1], 1)
         self.parent.assertGreater(result.loss, 0.0)
+
+
+class ViTSegmentationModelTest(SegmentationModelTest):
+    """`SegmentationModelTest` of a plain-ViT model (`model_tester_class`: a `ViTSegmentationModelTester`)."""
+
+    config_tester_kwargs = {"hidden_size": 48}
+
+    def test_for_image_segmentation(self):
+        self.model_tester.create_and_check_for_image_segmentation(*self.model_tester.prepare_config_and_inputs())
+
+    def test_for_binary_image_segmentation(self):
+        self.model_tester.create_and_check_for_binary_image_segmentation(
+            *self.model_tester.prepare_config_and_inputs()
+        )

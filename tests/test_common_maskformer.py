@@ -4,23 +4,15 @@ a tester in the style of transformers' `MaskFormerModelTester`."""
 import unittest
 
 import torch
-
-from transformers_common import import_common
-
-modeling_common = import_common("test_modeling_common")  # (skips this module when transformers' tests are unavailable)
-configuration_common = import_common("test_configuration_common")
-image_processing_common = import_common("test_image_processing_common")
-
-from common_testers import (  # noqa: E402
-    SKIPS_ALL_MODELS,
-    SKIPS_IMAGE_PROCESSORS,
+from common_testers import (
     ImageProcessingTester,
-    mark_slow_common_tests,
+    SegmentationImageProcessingTest,
+    SegmentationModelTest,
     skip_common_tests,
 )
-from test_maskformer_utils import tiny_backbone, tiny_decoder  # noqa: E402
+from tiny import tiny_config, tiny_maskformer_decoder
 
-from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor  # noqa: E402
+from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
 
 
 class MaskFormerModelTester:
@@ -35,12 +27,8 @@ class MaskFormerModelTester:
         self.decoder_layers = 3
 
     def get_config(self) -> MaskFormerConfig:
-        decoder = tiny_decoder(self.num_queries)
-        decoder.decoder_layers = self.decoder_layers
-        return MaskFormerConfig(
-            backbone_config=tiny_backbone("resnet"), decoder_config=decoder, fpn_feature_size=32,
-            mask_feature_size=32, num_labels=self.num_labels,
-        )  # fmt: skip
+        decoder = tiny_maskformer_decoder(self.num_queries, decoder_layers=self.decoder_layers)
+        return tiny_config("maskformer", self.num_labels, decoder_config=decoder)
 
     def prepare_config_and_inputs(self):
         pixel_values = torch.randn(self.batch_size, self.num_channels, self.image_size, self.image_size)
@@ -73,29 +61,17 @@ class MaskFormerModelTester:
         self.parent.assertEqual(len(result.transformer_decoder_hidden_states), self.decoder_layers + 1)
 
 
-@mark_slow_common_tests
 @skip_common_tests(
     {
-        **SKIPS_ALL_MODELS,
         "test_attention_outputs": (
             "checked by test_maskformer_attention_outputs (decoder self / cross attentions, as transformers' own "
             "MaskFormer test overrides it)"
         ),
     }
 )
-class MaskFormerModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
+class MaskFormerModelTest(SegmentationModelTest, unittest.TestCase):
     all_model_classes = (MaskFormerForUniversalSegmentation,)
-    test_resize_embeddings = False
-    test_can_init_all_missing_weights_before_2023 = True  # our files carry no copyright year; run it
-
-    def setUp(self):
-        self.model_tester = MaskFormerModelTester(self)
-        self.config_tester = configuration_common.ConfigTester(
-            self, config_class=MaskFormerConfig, has_text_modality=False
-        )
-
-    def test_config(self):
-        self.config_tester.run_common_tests()
+    model_tester_class = MaskFormerModelTester
 
     def test_maskformer_instance_segmentation_head_model(self):
         self.model_tester.create_and_check_maskformer_instance_segmentation_head_model(
@@ -163,10 +139,5 @@ class MaskFormerImageProcessingTester(ImageProcessingTester):
         return {"outputs": outputs}, {"num_labels": self.num_labels, "height": 12, "width": 16}
 
 
-@skip_common_tests(SKIPS_IMAGE_PROCESSORS)
-class MaskFormerImageProcessingTest(
-    image_processing_common.ImageProcessingTestMixin,
-    image_processing_common.PostProcessSemanticSegmentationTestMixin,
-    unittest.TestCase,
-):
+class MaskFormerImageProcessingTest(SegmentationImageProcessingTest, unittest.TestCase):
     image_processor_tester_class = MaskFormerImageProcessingTester

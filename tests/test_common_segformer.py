@@ -4,56 +4,39 @@ tester in the style of transformers' `SegformerModelTester`."""
 import unittest
 
 import torch
-
-from transformers_common import import_common
-
-modeling_common = import_common("test_modeling_common")  # (skips this module when transformers' tests are unavailable)
-configuration_common = import_common("test_configuration_common")
-image_processing_common = import_common("test_image_processing_common")
-
-from common_testers import (  # noqa: E402
-    SKIPS_ALL_MODELS,
-    SKIPS_IMAGE_PROCESSORS,
+from common_testers import (
     ImageProcessingTester,
-    mark_slow_common_tests,
-    skip_common_tests,
+    SegmentationImageProcessingTest,
+    SegmentationModelTest,
+    configuration_common,
+    modeling_common,
 )
-from hf_segmodels import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor  # noqa: E402
-from hf_segmodels.segformer import SegformerModel  # noqa: E402
+from tiny import tiny_config
+
+from hf_segmodels import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+from hf_segmodels.segformer import SegformerModel
 
 floats_tensor, ids_tensor = modeling_common.floats_tensor, modeling_common.ids_tensor
 
 
 class SegformerModelTester:
-    def __init__(self, parent, batch_size=3, image_size=64, num_channels=3, num_encoder_blocks=4,
-                 depths=(1, 1, 1, 1), sr_ratios=(8, 4, 2, 1), hidden_sizes=(8, 8, 16, 16),
-                 num_attention_heads=(1, 1, 2, 2), is_training=True, use_labels=True, num_labels=3):  # fmt: skip
+    def __init__(self, parent, batch_size=3, image_size=64):
         self.parent = parent
         self.batch_size = batch_size
         self.image_size = image_size
-        self.num_channels = num_channels
-        self.num_encoder_blocks = num_encoder_blocks
-        self.depths = list(depths)
-        self.sr_ratios = list(sr_ratios)
-        self.hidden_sizes = list(hidden_sizes)
-        self.num_attention_heads = list(num_attention_heads)
-        self.is_training = is_training
-        self.use_labels = use_labels
-        self.num_labels = num_labels
+        config = self.get_config()
+        self.num_channels, self.num_encoder_blocks, self.num_labels = (
+            config.num_channels, config.num_encoder_blocks, config.num_labels
+        )  # fmt: skip
+        self.depths, self.sr_ratios = list(config.depths), list(config.sr_ratios)
+        self.hidden_sizes, self.num_attention_heads = list(config.hidden_sizes), list(config.num_attention_heads)
+        self.is_training = self.use_labels = True
 
     def get_config(self) -> SegformerConfig:
-        return SegformerConfig(
-            num_channels=self.num_channels,
-            num_encoder_blocks=self.num_encoder_blocks,
-            depths=self.depths,
-            sr_ratios=self.sr_ratios,
-            hidden_sizes=self.hidden_sizes,
-            num_attention_heads=self.num_attention_heads,
-            decoder_hidden_size=16,
-            num_labels=self.num_labels,
-            classifier_dropout_prob=0.0,
-            drop_path_rate=0.0,
-        )
+        return tiny_config(
+            "segformer", num_labels=3, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
+            num_attention_heads=[1, 1, 2, 2], classifier_dropout_prob=0.0, drop_path_rate=0.0,
+        )  # fmt: skip
 
     def prepare_config_and_inputs(self):
         pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
@@ -87,22 +70,10 @@ class SegformerModelTester:
         self.parent.assertGreater(result.loss, 0.0)
 
 
-@mark_slow_common_tests
-@skip_common_tests(SKIPS_ALL_MODELS)
-class SegformerModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
+class SegformerModelTest(SegmentationModelTest, unittest.TestCase):
     all_model_classes = (SegformerModel, SegformerForSemanticSegmentation)
-    test_resize_embeddings = False
-    test_can_init_all_missing_weights_before_2023 = True  # our files carry no copyright year; run it
-
-    def setUp(self):
-        self.model_tester = SegformerModelTester(self)
-        self.config_tester = configuration_common.ConfigTester(
-            self, config_class=SegformerConfig, has_text_modality=False,
-            common_properties=["hidden_sizes", "num_attention_heads", "num_encoder_blocks"],
-        )  # fmt: skip
-
-    def test_config(self):
-        self.config_tester.run_common_tests()
+    model_tester_class = SegformerModelTester
+    config_tester_kwargs = {"common_properties": ["hidden_sizes", "num_attention_heads", "num_encoder_blocks"]}
 
     def test_model(self):
         self.model_tester.create_and_check_model(*self.model_tester.prepare_config_and_inputs())
@@ -162,10 +133,5 @@ class SegformerImageProcessingTester(ImageProcessingTester):
                          do_reduce_labels=False)  # fmt: skip
 
 
-@skip_common_tests(SKIPS_IMAGE_PROCESSORS)
-class SegformerImageProcessingTest(
-    image_processing_common.ImageProcessingTestMixin,
-    image_processing_common.PostProcessSemanticSegmentationTestMixin,
-    unittest.TestCase,
-):
+class SegformerImageProcessingTest(SegmentationImageProcessingTest, unittest.TestCase):
     image_processor_tester_class = SegformerImageProcessingTester

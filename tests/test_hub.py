@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi
-from test_maskformer_utils import tiny_transformers_model
+from tiny import tiny_transformers_model
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from hf_segmodels.hub import plan_upload
-from hf_segmodels.model_card import ZOO_PATH, load_zoo, render_zoo_card, usage_snippet, validate_model_card
+from hf_segmodels.cards.validation import usage_snippet, validate_model_card
+from hf_segmodels.cards.zoo import ZOO_PATH, load_zoo, render_zoo_card
 
 
 @pytest.fixture

@@ -3,31 +3,26 @@ pyramid. Feature maps equal the source encoders' on the same weights; training, 
 
 import pytest
 import torch
-from test_maskformer_utils import NUM_LABELS, tiny_decoder
+from tiny import NUM_LABELS, tiny_config
 from transformers import AutoModelForUniversalSegmentation
 
 import hf_segmodels  # noqa: F401
-from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, SegformerConfig, SegmenterConfig
-from hf_segmodels import SegformerForSemanticSegmentation, SegmenterForSemanticSegmentation, SetrConfig
+from hf_segmodels import MaskFormerForUniversalSegmentation, SegformerForSemanticSegmentation
+from hf_segmodels import SegmenterForSemanticSegmentation
 from hf_segmodels.maskformer.backbones import SimpleFeaturePyramid, backbone_feature_maps
 
 
 def mit_config():
-    return SegformerConfig(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 2, 3, 4], depths=[1, 2, 1, 1],
-                           num_labels=NUM_LABELS)
+    return tiny_config("segformer", NUM_LABELS)
 
 
-def vit_config(cls=SegmenterConfig, **kwargs):
-    values = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=64,
-                  patch_size=16, num_labels=NUM_LABELS)
-    values.update(kwargs)
-    return cls(**values)
+def vit_config(architecture="segmenter"):
+    return tiny_config(architecture, NUM_LABELS, num_hidden_layers=2, image_size=64, patch_size=16)
 
 
 def maskformer(backbone_config):
     torch.manual_seed(0)
-    config = MaskFormerConfig(backbone_config=backbone_config, decoder_config=tiny_decoder(), fpn_feature_size=32,
-                              mask_feature_size=32, num_labels=NUM_LABELS)
+    config = tiny_config("maskformer", NUM_LABELS, backbone_config=backbone_config)
     return MaskFormerForUniversalSegmentation(config).eval()
 
 
@@ -47,9 +42,9 @@ def test_mit_backbone_gives_the_segformer_encoder_maps():
     assert outputs.masks_queries_logits.shape == (2, 8, 24, 16) and outputs.logits.shape == (2, NUM_LABELS, 24, 16)
 
 
-@pytest.mark.parametrize("config_class", [SegmenterConfig, SetrConfig])
-def test_vit_backbone_is_the_encoder_plus_a_simple_feature_pyramid(config_class):
-    model = maskformer(vit_config(config_class))
+@pytest.mark.parametrize("architecture", ["segmenter", "setr"])
+def test_vit_backbone_is_the_encoder_plus_a_simple_feature_pyramid(architecture):
+    model = maskformer(vit_config(architecture))
     assert model.backbone.channels == [8, 16, 32, 32]
     pixel_values = torch.randn(1, 3, 64, 96)
     with torch.no_grad():

@@ -7,11 +7,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_maskformer_utils import NUM_LABELS, STAGES, perturb_, tiny_decoder, tiny_transformers_model
+from tiny import NUM_LABELS, perturb_, tiny_config, tiny_maskformer_backbone, tiny_transformers_model
 
 import hf_segmodels  # noqa: F401
 from hf_segmodels.conversion_utils import ConversionError
-from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation
+from hf_segmodels import MaskFormerForUniversalSegmentation
 from hf_segmodels.maskformer.convert_maskformer import convert_original_checkpoint, convert_transformers_checkpoint
 
 
@@ -227,13 +227,9 @@ def reference_deeplab_resnet(state: dict, pixel_values: torch.Tensor, depths, di
 
 
 def test_r101c_deeplab_stem_and_multigrid_match_the_detectron2_reference(tmp_path):
-    from transformers import ResNetConfig
-
     depths = [1, 2, 1, 3]
-    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=depths, out_features=STAGES)
-    config = MaskFormerConfig(backbone_config=backbone, decoder_config=tiny_decoder(), fpn_feature_size=32,
-                              mask_feature_size=32, num_labels=NUM_LABELS, backbone_deep_stem=True,
-                              backbone_last_stage_dilations=[1, 2, 4])
+    config = tiny_config("maskformer", NUM_LABELS, backbone_config=tiny_maskformer_backbone(depths=depths),
+                         backbone_deep_stem=True, backbone_last_stage_dilations=[1, 2, 4])  # fmt: skip
     torch.manual_seed(0)
     source = perturb_(MaskFormerForUniversalSegmentation(config).eval(), seed=3)
     assert source.backbone.encoder.stages[-1].layers[2].layer[1].convolution.dilation == (4, 4)
@@ -289,10 +285,8 @@ def reference_transformer_encoder(state: dict, feature: torch.Tensor, num_layers
 def test_transformer_encoder_pixel_decoder_matches_the_original_reference(kind, tmp_path):
     """The R50 / R101 panoptic releases: 6 transformer-encoder layers in the pixel decoder, whose output is also the
     transformer decoder's memory (256 channels = d_model: no input projection in the predictor)."""
-    from test_maskformer_utils import tiny_backbone
-
-    config = MaskFormerConfig(backbone_config=tiny_backbone(kind), decoder_config=tiny_decoder(), fpn_feature_size=32,
-                              mask_feature_size=32, num_labels=NUM_LABELS, pixel_decoder_encoder_layers=2)
+    config = tiny_config("maskformer", NUM_LABELS, backbone_config=tiny_maskformer_backbone(kind),
+                         pixel_decoder_encoder_layers=2)  # fmt: skip
     torch.manual_seed(0)
     source = perturb_(MaskFormerForUniversalSegmentation(config).eval(), seed=5)
     assert source.transformer_decoder.input_projection is None

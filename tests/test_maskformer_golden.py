@@ -268,7 +268,7 @@ def test_released_configs_with_base_files_and_python_tags_are_read_without_evalu
 
 
 def test_every_zoo_release_records_its_size_divisibility_and_stuff_classes():
-    from hf_segmodels.model_card import load_zoo
+    from hf_segmodels.cards.zoo import load_zoo
 
     entries = [e for e in load_zoo()["models"] if e["architecture"] == "maskformer" and e["source_format"] == "original"]
     assert len(entries) >= 20

@@ -5,12 +5,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from tiny import NUM_LABELS, tiny_config, tiny_maskformer_backbone
 from transformers import MaskFormerImageProcessorPil, pipeline
 from transformers.utils import ModelOutput
 
 import hf_segmodels  # noqa: F401  (registers the Auto classes)
-from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
-from test_maskformer_utils import NUM_LABELS, tiny_backbone, tiny_decoder
+from hf_segmodels import MaskFormerForUniversalSegmentation, MaskFormerImageProcessor
 
 
 def random_outputs(seed: int, batch: int = 2, queries: int = 12, labels: int = 6, size=(20, 28), sharp: float = 4.0):
@@ -294,10 +294,8 @@ def test_batches_are_padded_like_the_original_and_transformers(size_divisor):
 def pipeline_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     labels = {i: f"class_{i}" for i in range(NUM_LABELS)}
-    config = MaskFormerConfig(
-        backbone_config=tiny_backbone("swin"), decoder_config=tiny_decoder(), fpn_feature_size=32,
-        mask_feature_size=32, id2label=labels, label2id={v: k for k, v in labels.items()},
-    )
+    config = tiny_config("maskformer", NUM_LABELS, backbone_config=tiny_maskformer_backbone("swin"), id2label=labels,
+                         label2id={v: k for k, v in labels.items()})  # fmt: skip
     model = MaskFormerForUniversalSegmentation(config).eval()
     with torch.no_grad():
         # every query: class 0 with probability ~0.67 (never "no object"), a mask covering the whole image

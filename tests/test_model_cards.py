@@ -11,19 +11,9 @@ import yaml
 from huggingface_hub import ModelCard
 
 from hf_segmodels import SegmenterConfig
-from hf_segmodels.model_card import (
-    ARCHITECTURES,
-    DATASETS,
-    MODEL_CARDS_DIR,
-    find_zoo_entry,
-    load_zoo,
-    render_model_card,
-    render_zoo_card,
-    usage_snippet,
-    validate_model_card,
-    validate_zoo,
-    zoo_card_path,
-)
+from hf_segmodels.cards.render import ARCHITECTURES, DATASETS, render_model_card
+from hf_segmodels.cards.validation import usage_snippet, validate_model_card
+from hf_segmodels.cards.zoo import MODEL_CARDS_DIR, find_zoo_entry, load_zoo, render_zoo_card, validate_zoo, zoo_card_path
 
 ZOO = load_zoo()
 SUPPORTED = [entry for entry in ZOO["models"] if entry["supported"]]
@@ -213,3 +203,17 @@ def test_checkpoints_are_matched_to_their_release(tmp_path):
     assert find_zoo_entry(Path("x/model_final_aefa3b.pkl"), ZOO)["name"] == "maskformer-swin-l-ade"
     assert find_zoo_entry(Path("model_final_aefa3b.pkl"), ZOO, architecture="setr") is None
     assert find_zoo_entry(Path("unknown.pth"), ZOO) is None
+
+
+def test_the_model_card_module_reexports_the_three_card_modules():
+    """`hf_segmodels.model_card` keeps its public names: the same objects as rendering, zoo and validation modules."""
+    import hf_segmodels.model_card as model_card
+    from hf_segmodels.cards import render, validation, zoo
+
+    for module in (render, validation, zoo):
+        for name in module.__all__:
+            assert getattr(model_card, name) is getattr(module, name), name
+    assert set(model_card.__all__) <= set(render.__all__) | set(validation.__all__) | set(zoo.__all__)
+    # the template and the zoo are package data next to the modules' package, not files of the repository root
+    package = Path(render.__file__).resolve().parents[1]
+    assert Path(str(model_card.TEMPLATE_PATH)).parent == Path(str(model_card.ZOO_PATH)).parent == package / "zoo"

@@ -11,23 +11,16 @@ argmax prediction agrees with fp32 on at least 90% of the pixels. bfloat16 keeps
 2^-9 per operation), so a few percent after a dozen layers is the expected error, not a bug.
 """
 
+import contextlib
+
 import pytest
 import torch
-from test_maskformer_utils import NUM_LABELS, tiny_backbone, tiny_decoder, tiny_transformers_model
-from transformers import ResNetConfig
+from tiny import NUM_LABELS, naive_sliding_window, randomize_batch_norms, tiny_maskformer_backbone
+from tiny import tiny_model as shared_tiny_model
+from tiny import tiny_transformers_model
 from transformers.models.resnet.modeling_resnet import ResNetBackbone
 
-from hf_segmodels import (
-    MaskFormerConfig,
-    MaskFormerForUniversalSegmentation,
-    SegformerConfig,
-    SegformerForSemanticSegmentation,
-    SegmenterConfig,
-    SegmenterForSemanticSegmentation,
-    SetrConfig,
-    SetrForSemanticSegmentation,
-    infer_logits,
-)
+from hf_segmodels import infer_logits
 from hf_segmodels.inference import _window_starts
 from hf_segmodels.maskformer.convert_maskformer import convert_transformers_checkpoint
 from hf_segmodels.maskformer.backbones import folded_resnet_feature_maps, supports_folded_resnet
@@ -36,40 +29,26 @@ BF16_TOLERANCE = 0.05
 ARCHITECTURES = ["segmenter", "setr", "segformer", "maskformer-resnet", "maskformer-swin"]
 
 
-def randomize_batch_norms(model: torch.nn.Module, seed: int = 1) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 1.5, generator=generator)
-                module.weight.normal_(1, 0.2, generator=generator)
-                module.bias.normal_(0, 0.2, generator=generator)
-
-
 def tiny_model(architecture: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if architecture == "segmenter":
-        config = SegmenterConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                 image_size=32, patch_size=8, num_labels=4, decoder_hidden_size=32,
-                                 decoder_num_attention_heads=2, decoder_num_hidden_layers=2)  # fmt: skip
-        model = SegmenterForSemanticSegmentation(config)
-    elif architecture == "setr":
-        config = SetrConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            image_size=32, patch_size=8, num_labels=4, decoder_type="pup", decoder_hidden_size=16,
-                            auxiliary_hidden_size=16)  # fmt: skip
-        model = SetrForSemanticSegmentation(config)
-    elif architecture == "segformer":
-        config = SegformerConfig(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 2, 3, 4], depths=[1, 2, 1, 1],
-                                 decoder_hidden_size=16, num_labels=5)  # fmt: skip
-        model = SegformerForSemanticSegmentation(config)
+    """The tiny model of `architecture` (MaskFormer: "maskformer-<backbone kind>") with non-trivial BatchNorms."""
+    if architecture.startswith("maskformer"):
+        backbone = tiny_maskformer_backbone(architecture.removeprefix("maskformer-"))
+        model = shared_tiny_model("maskformer", NUM_LABELS, backbone_config=backbone)
     else:
-        kind = "resnet" if architecture == "maskformer-resnet" else "swin"
-        config = MaskFormerConfig(backbone_config=tiny_backbone(kind), decoder_config=tiny_decoder(),
-                                  fpn_feature_size=32, mask_feature_size=32, num_labels=NUM_LABELS)  # fmt: skip
-        model = MaskFormerForUniversalSegmentation(config)
-    randomize_batch_norms(model)
-    return model.eval()
+        model = shared_tiny_model(architecture, 5 if architecture == "segformer" else 4)
+    return randomize_batch_norms(model)
+
+
+@contextlib.contextmanager
+def fresh_dynamo():
+    """torch._dynamo with its caches reset on entry and on exit."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    try:
+        yield torch._dynamo
+    finally:
+        torch._dynamo.reset()
 
 
 def logits_of(outputs) -> torch.Tensor:
@@ -83,18 +62,12 @@ def logits_of(outputs) -> torch.Tensor:
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_compile_graph_capture_matches_eager(architecture):
-    import torch._dynamo
-
     model = tiny_model(architecture)
     pixel_values = torch.randn(2, 3, 64, 64)
-    torch._dynamo.reset()
-    try:
-        with torch.no_grad():
-            eager = model(pixel_values=pixel_values).logits
-            compiled = torch.compile(model, backend="aot_eager", fullgraph=False)(pixel_values=pixel_values).logits
-            explanation = torch._dynamo.explain(model)(pixel_values=pixel_values)
-    finally:
-        torch._dynamo.reset()
+    with fresh_dynamo() as dynamo, torch.no_grad():
+        eager = model(pixel_values=pixel_values).logits
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=False)(pixel_values=pixel_values).logits
+        explanation = dynamo.explain(model)(pixel_values=pixel_values)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     # every graph break is a known one (listed by benchmarks/run_all.py); none in our own code paths except SegFormer's
     assert explanation.graph_count == explanation.graph_break_count + 1
@@ -105,17 +78,11 @@ def test_compile_graph_capture_matches_eager(architecture):
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_inductor_compile_matches_eager(architecture):
-    import torch._dynamo
-
     model = tiny_model(architecture)
     pixel_values = torch.randn(1, 3, 64, 64)
-    torch._dynamo.reset()
-    try:
-        with torch.no_grad():
-            eager = model(pixel_values=pixel_values).logits
-            compiled = torch.compile(model)(pixel_values=pixel_values).logits
-    finally:
-        torch._dynamo.reset()
+    with fresh_dynamo(), torch.no_grad():
+        eager = model(pixel_values=pixel_values).logits
+        compiled = torch.compile(model)(pixel_values=pixel_values).logits
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
 
 
@@ -151,22 +118,6 @@ def test_bfloat16_sliding_window_sums_in_float32():
 # ------------------------------------------------------------------------------------------------------------------
 # sliding window: batched against the naive one-window-at-a-time loop
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def naive_sliding_window(model, pixel_values, window, stride):
-    """The loop of mmsegmentation's `slide_inference`: one window per call, scores and counts added per window."""
-    batch, _, height, width = pixel_values.shape
-    window_h, window_w = min(window[0], height), min(window[1], width)
-    summed = count = None
-    for top in _window_starts(height, window_h, stride[0]):
-        for left in _window_starts(width, window_w, stride[1]):
-            logits = model.full_resolution_logits(pixel_values[:, :, top : top + window_h, left : left + window_w])
-            if summed is None:
-                summed = logits.new_zeros(batch, logits.shape[1], height, width)
-                count = logits.new_zeros(1, 1, height, width)
-            summed[:, :, top : top + window_h, left : left + window_w] += logits
-            count[:, :, top : top + window_h, left : left + window_w] += 1
-    return summed / count
 
 
 class CountingModel(torch.nn.Module):
@@ -228,8 +179,8 @@ def test_batched_sliding_window_equals_naive_loop_on_real_models():
 @pytest.mark.parametrize("layer_type", ["bottleneck", "basic"])
 def test_folded_resnet_equals_transformers_backbone(layer_type):
     torch.manual_seed(0)
-    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[2, 1, 2, 1], layer_type=layer_type,
-                          out_features=["stage1", "stage3", "stage4"])  # fmt: skip
+    config = tiny_maskformer_backbone(depths=[2, 1, 2, 1], layer_type=layer_type,
+                                      out_features=["stage1", "stage3", "stage4"])  # fmt: skip
     backbone = ResNetBackbone(config)
     randomize_batch_norms(backbone)
     backbone.eval()
@@ -248,8 +199,7 @@ def test_folded_resnet_equals_transformers_backbone(layer_type):
 
 def test_folded_resnet_only_with_running_statistics():
     torch.manual_seed(0)
-    backbone = ResNetBackbone(ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                                           out_features=["stage1", "stage2", "stage3", "stage4"]))  # fmt: skip
+    backbone = ResNetBackbone(tiny_maskformer_backbone(depths=[1, 1, 1, 1]))
     backbone.eval()
     assert supports_folded_resnet(backbone)
     backbone.encoder.stages[1].layers[0].shortcut.normalization.train()  # one BatchNorm using batch statistics
@@ -258,8 +208,8 @@ def test_folded_resnet_only_with_running_statistics():
     assert not supports_folded_resnet(backbone)
     backbone.eval()
     assert supports_folded_resnet(backbone)
-    gelu = ResNetBackbone(ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                                       hidden_act="gelu", out_features=["stage4"])).eval()  # fmt: skip
+    gelu = ResNetBackbone(tiny_maskformer_backbone(depths=[1, 1, 1, 1], hidden_act="gelu", out_features=["stage4"]))
+    gelu.eval()
     assert not supports_folded_resnet(gelu)
 
 

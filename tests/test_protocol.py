@@ -84,7 +84,7 @@ def _expected_from_original(architecture: str, cfg: dict) -> dict:
 
 
 def test_every_zoo_release_records_its_original_test_settings():
-    from hf_segmodels.model_card import load_zoo, zoo_test_protocol
+    from hf_segmodels.cards.zoo import load_zoo, zoo_test_protocol
 
     zoo = load_zoo()
     for entry in zoo["models"]:
@@ -115,7 +115,7 @@ def test_conversion_of_a_zoo_release_records_its_protocol(architecture, golden_d
     import json
     import shutil
 
-    from hf_segmodels.model_card import load_zoo, zoo_test_protocol
+    from hf_segmodels.cards.zoo import load_zoo, zoo_test_protocol
 
     checkpoint, side_file, name = GOLDEN_STAND_INS[architecture]
     entry = next(e for e in load_zoo()["models"] if e["name"] == name)
@@ -163,7 +163,7 @@ RELEASE_PROTOCOLS = {
 
 @pytest.fixture(scope="module", params=sorted(RELEASE_PROTOCOLS))
 def protocol_checkpoint(request, golden_dir, tmp_path_factory):
-    from hf_segmodels.model_card import load_zoo, zoo_test_protocol
+    from hf_segmodels.cards.zoo import load_zoo, zoo_test_protocol
     from hf_segmodels.protocol import apply_test_protocol
 
     architecture = request.param

@@ -4,36 +4,14 @@ architectures and for converted repositories written with `--remote_code`; witho
 
 import json
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
-from test_maskformer_utils import tiny_transformers_model
+from tiny import run_without_package, tiny_transformers_model
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_segmodels  # noqa: F401  (registers the architectures in this process)
-
-_BLOCK_PACKAGE = """
-import sys
-
-class _BlockHfSegmodels:
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_segmodels" or name.startswith("hf_segmodels."):
-            raise ImportError("hf_segmodels is hidden in this process")
-
-sys.meta_path.insert(0, _BlockHfSegmodels())
-"""
-
-
-def _run_without_package(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    # cwd is a temporary folder, so the checkout itself is not importable either.
-    return subprocess.run(
-        [sys.executable, "-c", _BLOCK_PACKAGE + textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=300, cwd=cwd,
-    )
 
 
 def _cli_arguments(architecture: str, golden_dir: Path, workdir: Path) -> list[str]:
@@ -75,7 +53,7 @@ def test_converted_repos_with_remote_code_load_without_the_package(tmp_path, gol
         with torch.no_grad():
             np.save(folder / "expected.npy", model(**inputs).logits.numpy())
 
-    done = _run_without_package(f"""
+    done = run_without_package(f"""
         import numpy as np, torch
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
         try:
@@ -118,7 +96,7 @@ def test_without_package_or_trust_remote_code_the_error_says_what_to_do(tmp_path
     assert "trust_remote_code=True" in (with_code / "README.md").read_text()
     assert "trust_remote_code=True" not in (plain / "README.md").read_text()
 
-    done = _run_without_package(f"""
+    done = run_without_package(f"""
         from transformers import AutoModelForSemanticSegmentation
         for folder in ({str(plain)!r}, {str(with_code)!r}):
             try:

@@ -1,12 +1,14 @@
-"""Segmenter: model behaviour, Auto API, serialisation, image processor, pipeline, conversion errors."""
+"""Segmenter: model behaviour, remote-code saving, pretrained encoders, image processor, conversion errors (the checks
+every architecture shares, Auto API and pipeline included, are in test_common_checks.py)."""
 
 import shutil
 
 import numpy as np
 import PIL.Image
 import pytest
+import tiny
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_segmodels
 from hf_segmodels import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor, infer_logits
@@ -15,26 +17,8 @@ from hf_segmodels.pretrained import load_pretrained_vit
 from hf_segmodels.segmenter.convert_segmenter import convert_segmenter_checkpoint
 
 
-def tiny_config(**kwargs) -> SegmenterConfig:
-    values = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=4,
-        decoder_hidden_size=32,
-        decoder_num_attention_heads=2,
-        decoder_num_hidden_layers=2,
-    )
-    values.update(kwargs)
-    return SegmenterConfig(**values)
-
-
-def tiny_model(**kwargs) -> SegmenterForSemanticSegmentation:
-    torch.manual_seed(0)
-    return SegmenterForSemanticSegmentation(tiny_config(**kwargs)).eval()
+def tiny_model(**overrides) -> SegmenterForSemanticSegmentation:
+    return tiny.tiny_model("segmenter", **overrides)
 
 
 @pytest.mark.parametrize("decoder_type", ["linear", "mask_transformer"])
@@ -63,32 +47,19 @@ def test_image_smaller_than_a_patch_is_padded():
     assert infer_logits(model, torch.randn(1, 3, 5, 3)).shape == (1, 4, 5, 3)
 
 
-def test_loss_and_tuple_output():
+def test_loss_is_the_cross_entropy_of_the_full_resolution_logits():
     model = tiny_model()
     pixel_values, labels = torch.randn(2, 3, 32, 40), torch.randint(0, 4, (2, 32, 40))
     labels[0, :5] = 255
     outputs = model(pixel_values, labels=labels)
     expected = torch.nn.functional.cross_entropy(model.full_resolution_logits(pixel_values), labels, ignore_index=255)
     torch.testing.assert_close(outputs.loss, expected)
-    loss, logits = model(pixel_values, labels=labels, return_dict=False)
-    torch.testing.assert_close(loss, outputs.loss)
-    assert logits.shape == outputs.logits.shape
 
 
 def test_all_ignored_labels_give_zero_loss_not_nan():
     model = tiny_model()
     loss = model(torch.randn(1, 3, 16, 16), labels=torch.full((1, 16, 16), 255)).loss
     assert torch.isfinite(loss) and loss.item() == 0.0
-
-
-def test_bad_labels_name_the_values():
-    model = tiny_model()
-    labels = torch.zeros(1, 16, 16, dtype=torch.long)
-    labels[0, 0, :3] = torch.tensor([4, 7, -1])
-    with pytest.raises(ValueError, match=r"\[-1, 4, 7\].*outside \[0, 4\)"):
-        model(torch.randn(1, 3, 16, 16), labels=labels)
-    with pytest.raises(ValueError, match="do not match"):
-        model(torch.randn(1, 3, 16, 16), labels=torch.zeros(1, 8, 8, dtype=torch.long))
 
 
 @pytest.mark.parametrize(
@@ -99,64 +70,6 @@ def test_bad_labels_name_the_values():
 def test_bad_pixel_values(shape, message):
     with pytest.raises(ValueError, match=message):
         tiny_model()(torch.randn(*shape))
-
-
-def test_sdpa_equals_eager():
-    config = tiny_config()
-    torch.manual_seed(0)
-    eager = SegmenterForSemanticSegmentation(tiny_config(attn_implementation="eager")).eval()
-    sdpa = SegmenterForSemanticSegmentation(tiny_config(attn_implementation="sdpa")).eval()
-    sdpa.load_state_dict(eager.state_dict())
-    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
-    pixel_values = torch.randn(2, 3, 40, 48)
-    torch.testing.assert_close(sdpa(pixel_values).logits, eager(pixel_values).logits, atol=1e-5, rtol=1e-5)
-    assert config.num_labels == 4
-
-
-def test_gradient_checkpointing_gives_same_gradients():
-    model = tiny_model(drop_path_rate=0.0, decoder_dropout=0.0).train()
-    pixel_values, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
-    model(pixel_values, labels=labels).loss.backward()
-    reference = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.zero_grad()
-    model.activation_checkpointing_enable()
-    assert model.encoder.layers[0].gradient_checkpointing
-    model(pixel_values, labels=labels).loss.backward()
-    for name, parameter in model.named_parameters():
-        torch.testing.assert_close(parameter.grad, reference[name], msg=name)
-
-
-def test_training_steps_lower_the_loss():
-    model = tiny_model(drop_path_rate=0.0, decoder_dropout=0.0).train()
-    # Class-coloured 8x8 blocks: learnable from patch tokens.
-    labels = torch.randint(0, 4, (4, 4, 4)).repeat_interleave(8, 1).repeat_interleave(8, 2)
-    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])
-    pixel_values = colours[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(4, 3, 32, 32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        loss = model(pixel_values, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0], losses
-
-
-def test_save_and_reload_through_auto_classes(tmp_path):
-    model = tiny_model()
-    processor = SegmenterImageProcessor(size={"height": 32, "width": 32})
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file()
-
-    config = AutoConfig.from_pretrained(tmp_path)
-    assert isinstance(config, SegmenterConfig) and config.model_type == "segmodels_segmenter"
-    reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
-    assert isinstance(reloaded, SegmenterForSemanticSegmentation)
-    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), SegmenterImageProcessor)
-    pixel_values = torch.randn(1, 3, 37, 29)
-    torch.testing.assert_close(reloaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)
 
 
 def test_save_pretrained_writes_auto_map_for_remote_code(tmp_path):
@@ -214,11 +127,10 @@ def test_multi_scale_flip_and_window_batching():
 def test_load_pretrained_transformers_vit_and_deit(tmp_path):
     from transformers import DeiTConfig, DeiTModel, ViTConfig, ViTModel
 
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
-                  image_size=32, layer_norm_eps=1e-5)
     for distilled, config_class, model_class in ((False, ViTConfig, ViTModel), (True, DeiTConfig, DeiTModel)):
         torch.manual_seed(1)
-        reference = model_class(config_class(**common), add_pooling_layer=False).eval()
+        config = tiny.transformers_vit_config(tiny.tiny_config("segmenter"), config_class, layer_norm_eps=1e-5)
+        reference = model_class(config, add_pooling_layer=False).eval()
         reference.save_pretrained(tmp_path / model_class.__name__)
         model = tiny_model(distilled=distilled, drop_path_rate=0.0)
         load_pretrained_vit(model.encoder, tmp_path / model_class.__name__)
@@ -325,29 +237,6 @@ def test_post_processing_semantic_and_panoptic():
     segmentation = panoptic[0]["segmentation"]
     assert segmentation[:, :4].eq(1).all() and segmentation[:, 4:].eq(2).all()
     assert [s["label_id"] for s in panoptic[1]["segments_info"]] == [0]
-
-
-def test_pipeline_returns_one_mask_per_class_present(tmp_path):
-    model = tiny_model()
-    with torch.no_grad():  # make the prediction depend on the image: class 1 on the left, 3 on the right
-        model.decoder.mask_norm.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0]))
-    model.config.id2label = {0: "sky", 1: "road", 2: "car", 3: "tree"}
-    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
-    model.save_pretrained(tmp_path)
-    SegmenterImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
-    segmenter = pipeline("image-segmentation", model=str(tmp_path))
-    image = PIL.Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 50, 3), dtype=np.uint8))
-    results = segmenter(image)
-
-    pixel_values = SegmenterImageProcessor(size={"height": 32, "width": 32})(image, return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        logits = torch.nn.functional.interpolate(model(pixel_values).logits, size=(40, 50), mode="bilinear")
-    present = sorted(torch.unique(logits.argmax(1)).tolist())
-    assert sorted(model.config.label2id[r["label"]] for r in results) == present
-    for result in results:
-        assert isinstance(result["score"], float)
-        assert result["mask"].size == (50, 40)
-        assert np.array(result["mask"]).max() == 255
 
 
 # --- conversion errors --------------------------------------------------------------------------------------------

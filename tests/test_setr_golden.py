@@ -55,37 +55,35 @@ def test_sliding_window_logits(golden_dir, converted, case):
     np.testing.assert_allclose(scores.numpy(), _load(golden_dir, case, "slide_logits.npy"), rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["setr_naive_tiny", "setr_pup_tiny"])
-def test_encoder_features_mmseg(golden_dir, converted, case):
+def _encoder_outputs_and_features(golden_dir, converted, case, layers=(0, 1, 2, 3)):
+    """(converted model, its encoder's outputs with the layers `layers` on the case's input, the reference features)."""
     model, _ = converted[case]
     pixel_values = torch.from_numpy(_load(golden_dir, case, "input.npy"))
-    features = _load(golden_dir, case, "features.npz")
+    layers = tuple(model.config.mla_layer_indices) if layers is None else layers
     with torch.no_grad():
-        outputs = model.encoder(pixel_values, return_layers=(0, 1, 2, 3))
+        outputs = model.encoder(pixel_values, return_layers=layers)
+    return model, outputs, _load(golden_dir, case, "features.npz")
+
+
+@pytest.mark.parametrize("case", ["setr_naive_tiny", "setr_pup_tiny"])
+def test_encoder_features_mmseg(golden_dir, converted, case):
+    _, outputs, features = _encoder_outputs_and_features(golden_dir, converted, case)
     for index in range(4):  # out_indices (0, 1, 2, 3); the cls token is dropped
         ours = tokens_to_feature_map(outputs.layer_outputs[index][:, 1:], outputs.grid_size)
         np.testing.assert_allclose(ours.numpy(), features[f"feat_{index}"], rtol=0, atol=1e-4)
 
 
 def test_mla_streams_match_mmseg_neck_outputs(golden_dir, converted):
-    model, _ = converted["setr_mla_tiny"]
-    pixel_values = torch.from_numpy(_load(golden_dir, "setr_mla_tiny", "input.npy"))
-    features = _load(golden_dir, "setr_mla_tiny", "features.npz")
+    model, outputs, features = _encoder_outputs_and_features(golden_dir, converted, "setr_mla_tiny", layers=None)
     with torch.no_grad():
-        outputs = model.encoder(pixel_values, return_layers=tuple(model.config.mla_layer_indices))
-        tokens = list(outputs.layer_outputs)
-        streams = model.decode_head.aggregation(tokens, outputs.grid_size)
+        streams = model.decode_head.aggregation(list(outputs.layer_outputs), outputs.grid_size)
     # mmseg's neck returns the deepest-only stream first; ours are shallowest first.
     for index in range(4):
         np.testing.assert_allclose(streams[3 - index].numpy(), features[f"feat_{index}"], rtol=0, atol=1e-4)
 
 
 def test_original_encoder_features(golden_dir, converted):
-    model, _ = converted["setr_original_pup_tiny"]
-    pixel_values = torch.from_numpy(_load(golden_dir, "setr_original_pup_tiny", "input.npy"))
-    features = _load(golden_dir, "setr_original_pup_tiny", "features.npz")
-    with torch.no_grad():
-        outputs = model.encoder(pixel_values, return_layers=(0, 1, 2, 3))
+    _, outputs, features = _encoder_outputs_and_features(golden_dir, converted, "setr_original_pup_tiny")
     for index in range(4):  # every block's tokens, cls token included
         np.testing.assert_allclose(outputs.layer_outputs[index].numpy(), features[f"feat_{index}"], atol=1e-4, rtol=0)
 

@@ -168,13 +168,14 @@ def test_config_directory_must_match_the_model_type(tmp_path):
 
 
 def test_pretrained_vit_backbone_for_segmenter(tmp_path):
-    from transformers import ViTConfig, ViTModel
+    from tiny import transformers_vit_config
+    from transformers import ViTModel
 
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                             patch_size=4, image_size=32, layer_norm_eps=1e-5), add_pooling_layer=False).eval()
-    vit.save_pretrained(tmp_path)
     architecture = get_architecture("segmenter")
-    model = architecture.model_class(build_config(architecture, "tiny", 32, ID2LABEL)).eval()
+    config = build_config(architecture, "tiny", 32, ID2LABEL)
+    vit = ViTModel(transformers_vit_config(config, layer_norm_eps=1e-5), add_pooling_layer=False).eval()
+    vit.save_pretrained(tmp_path)
+    model = architecture.model_class(config).eval()
     architecture.load_backbone(model, str(tmp_path))
     pixel_values = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -188,11 +189,10 @@ def test_pretrained_mit_backbone_from_transformers_and_original_layouts(tmp_path
     from transformers import SegformerForImageClassification
 
     architecture = get_architecture("segformer")
-    model = architecture.model_class(build_config(architecture, "tiny", 32, ID2LABEL)).eval()
-    reference = SegformerForImageClassification(HFSegformerConfig(
-        hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1], num_labels=10,
-        layer_norm_eps=1e-6,
-    )).eval()
+    config = build_config(architecture, "tiny", 32, ID2LABEL)
+    model = architecture.model_class(config).eval()
+    encoder = {name: getattr(config, name) for name in ("hidden_sizes", "num_attention_heads", "depths")}
+    reference = SegformerForImageClassification(HFSegformerConfig(**encoder, num_labels=10, layer_norm_eps=1e-6)).eval()
     reference.save_pretrained(tmp_path / "hf")
     architecture.load_backbone(model, str(tmp_path / "hf"))
     pixel_values = torch.randn(1, 3, 32, 32)

@@ -10,48 +10,26 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_maskformer_utils import tiny_backbone, tiny_decoder
+from tiny import model_class, tiny_config, tiny_image_processor
 from transformers import AutoConfig, AutoImageProcessor, Trainer, TrainingArguments
 
 import hf_segmodels
-from hf_segmodels import (
-    MaskFormerConfig,
-    MaskFormerForUniversalSegmentation,
-    MaskFormerImageProcessor,
-    SegformerConfig,
-    SegformerForSemanticSegmentation,
-    SegformerImageProcessor,
-    SegmenterConfig,
-    SegmenterForSemanticSegmentation,
-    SegmenterImageProcessor,
-    SetrConfig,
-    SetrForSemanticSegmentation,
-    SetrImageProcessor,
-)
+from hf_segmodels import MaskFormerImageProcessor, SegformerImageProcessor
 from hf_segmodels.metrics import SegmentationMetric
 
 NUM_LABELS = 3
-VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-           patch_size=8, num_labels=NUM_LABELS)  # fmt: skip
+# (smaller than the shared tiny configs where that keeps Trainer runs short)
+OVERRIDES = {
+    "segmenter": dict(decoder_num_hidden_layers=1),
+    "setr": dict(num_hidden_layers=2, decoder_type="naive", auxiliary_layer_indices=[0]),
+    "segformer": dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], num_attention_heads=[1, 1, 2, 2]),
+}
 
 
 def tiny(architecture: str, num_labels: int = NUM_LABELS):
     """(config, model class, processor) of a tiny model of `architecture`."""
-    if architecture == "segmenter":
-        config = SegmenterConfig(**{**VIT, "num_labels": num_labels}, decoder_hidden_size=32,
-                                 decoder_num_attention_heads=2, decoder_num_hidden_layers=1)  # fmt: skip
-        return config, SegmenterForSemanticSegmentation, SegmenterImageProcessor(size={"height": 32, "width": 32})
-    if architecture == "setr":
-        config = SetrConfig(**{**VIT, "num_labels": num_labels}, decoder_type="naive", decoder_hidden_size=16,
-                            auxiliary_layer_indices=[0], auxiliary_hidden_size=16)  # fmt: skip
-        return config, SetrForSemanticSegmentation, SetrImageProcessor(size={"height": 32, "width": 32})
-    if architecture == "segformer":
-        config = SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], num_attention_heads=[1, 1, 2, 2],
-                                 decoder_hidden_size=16, num_labels=num_labels)  # fmt: skip
-        return config, SegformerForSemanticSegmentation, SegformerImageProcessor(size={"height": 64, "width": 64})
-    config = MaskFormerConfig(backbone_config=tiny_backbone("resnet"), decoder_config=tiny_decoder(),
-                              fpn_feature_size=32, mask_feature_size=32, num_labels=num_labels)  # fmt: skip
-    return config, MaskFormerForUniversalSegmentation, MaskFormerImageProcessor(size={"height": 64, "width": 64})
+    config = tiny_config(architecture, num_labels, **OVERRIDES.get(architecture, {}))
+    return config, model_class(architecture), tiny_image_processor(architecture)
 
 
 ARCHITECTURES = ["segmenter", "setr", "segformer", "maskformer"]

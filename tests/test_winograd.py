@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_maskformer_utils import NUM_LABELS, tiny_backbone, tiny_decoder
+from tiny import NUM_LABELS, tiny_config, tiny_maskformer_decoder
 
-from hf_segmodels import MaskFormerConfig, MaskFormerForUniversalSegmentation, kernels, winograd
+from hf_segmodels import MaskFormerForUniversalSegmentation, kernels, winograd
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 5, 16, 16), (2, 16, 24, 13, 22), (1, 64, 100, 64, 64), (3, 32, 32, 7, 9),
@@ -56,8 +56,8 @@ def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
     """A pixel decoder wide enough (64 channels, 64x64 masks) to take the Winograd path in every 3x3 convolution at
     1/4 resolution, the folded mask projection included: same outputs as with PyTorch's convolutions."""
     torch.manual_seed(0)
-    config = MaskFormerConfig(backbone_config=tiny_backbone("resnet"), decoder_config=tiny_decoder(num_queries=64),
-                              fpn_feature_size=64, mask_feature_size=64, num_labels=NUM_LABELS)
+    config = tiny_config("maskformer", NUM_LABELS, decoder_config=tiny_maskformer_decoder(num_queries=64),
+                         fpn_feature_size=64, mask_feature_size=64)  # fmt: skip
     model = MaskFormerForUniversalSegmentation(config).eval()
     pixel_values = torch.randn(1, 3, 256, 256)
     calls = []

@@ -399,7 +399,7 @@ def settings_from_detectron2_config(config: dict) -> tuple[dict, dict, bool]:
 def settings_of_release(checkpoint: str | Path) -> tuple[dict, dict] | None:
     """`MaskFormerConfig` overrides and image-processor arguments of a known release (hf_segmodels/zoo/zoo.json, by file
     name) from `RELEASE_SETTINGS`, or None for an unknown checkpoint."""
-    from ..model_card import ZOO_PATH, find_zoo_entry, load_zoo
+    from ..cards.zoo import ZOO_PATH, find_zoo_entry, load_zoo
 
     if not ZOO_PATH.is_file():
         return None

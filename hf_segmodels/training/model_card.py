@@ -3,7 +3,7 @@
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..model_card import ARCHITECTURES
+from ..cards.render import ARCHITECTURES
 
 _TEMPLATE = """---
 {{ card_data }}

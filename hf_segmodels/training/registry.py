@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, PreTrainedConfig
 
 from ..conversion_utils import ConversionError, load_checkpoint, load_state_dict_strict
+from ..testing_utils import tiny_config, tiny_maskformer_backbone, tiny_maskformer_decoder
 from .recipes import PAPER_RECIPES, Recipe
 
 
@@ -64,10 +65,8 @@ def _segmenter_preset(name: str, image_size: int):
     from ..segmenter import SegmenterConfig
 
     if name == "tiny":
-        return SegmenterConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4,
-            image_size=image_size, drop_path_rate=0.0, decoder_hidden_size=32, decoder_num_hidden_layers=1,
-            decoder_num_attention_heads=2,
+        return tiny_config(
+            "segmenter", patch_size=4, image_size=image_size, drop_path_rate=0.0, decoder_num_hidden_layers=1
         )
     return _from_preset(SegmenterConfig, name, image_size=image_size)
 
@@ -76,11 +75,10 @@ def _setr_preset(name: str, image_size: int):
     from ..setr import SetrConfig
 
     if name == "tiny":
-        return SetrConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4,
-            image_size=image_size, decoder_type="naive", decoder_hidden_size=32, auxiliary_hidden_size=16,
-            auxiliary_layer_indices=[0],
-        )
+        return tiny_config(
+            "setr", num_hidden_layers=2, patch_size=4, image_size=image_size, decoder_type="naive",
+            decoder_hidden_size=32, auxiliary_layer_indices=[0],
+        )  # fmt: skip
     return _from_preset(SetrConfig, name, image_size=image_size)
 
 
@@ -88,30 +86,21 @@ def _segformer_preset(name: str, image_size: int):
     from ..segformer import SegformerConfig
 
     if name == "tiny":
-        return SegformerConfig(
-            hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1],
+        return tiny_config(
+            "segformer", hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1],
             decoder_hidden_size=32, drop_path_rate=0.0,
-        )
+        )  # fmt: skip
     return _from_preset(SegformerConfig, name)
 
 
 def _maskformer_preset(name: str, image_size: int):
-    from transformers import DetrConfig, ResNetConfig
-
     from ..maskformer import MaskFormerConfig
 
     if name == "tiny":
-        backbone = ResNetConfig(
-            embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-            out_features=["stage1", "stage2", "stage3", "stage4"],
-        )
-        decoder = DetrConfig(
-            d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64, num_queries=8,
-            use_timm_backbone=False,
-        )
-        return MaskFormerConfig(
-            backbone_config=backbone, decoder_config=decoder, num_queries=8, fpn_feature_size=32, mask_feature_size=32
-        )
+        return tiny_config(
+            "maskformer", backbone_config=tiny_maskformer_backbone("resnet", depths=[1, 1, 1, 1]),
+            decoder_config=tiny_maskformer_decoder(num_queries=8, decoder_layers=2), num_queries=8,
+        )  # fmt: skip
     return _from_preset(MaskFormerConfig, name)
 
 
