@@ -419,11 +419,14 @@ def resized_class_scores(logits: torch.Tensor, target_sizes=None) -> list[torch.
     sizes = [tuple(int(v) for v in size) for size in target_sizes]
     check_target_sizes(sizes)
     if len(set(sizes)) == 1:
+        if sizes[0] == tuple(logits.shape[-2:]):
+            return list(logits)  # bilinear resizing to the same size is the identity
         return list(F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False))
     return [
+        item if size == tuple(item.shape[-2:]) else
         F.interpolate(item[None], size=size, mode="bilinear", align_corners=False)[0]
         for item, size in zip(logits, sizes)
-    ]
+    ]  # fmt: skip
 
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:

@@ -431,11 +431,15 @@ def image_sizes_from_pixel_mask(
     return torch.stack((heights, widths), 1).long(), padded.clone()
 
 
-def semantic_scores(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor) -> torch.Tensor:
+def semantic_scores(
+    class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, in_place: bool = False
+) -> torch.Tensor:
     """Semantic per-pixel scores (B, K, h, w): sum over queries of softmax class probability (K real classes,
-    without "no object") times sigmoid mask probability (the original's `semantic_probabilistic_inference`)."""
+    without "no object") times sigmoid mask probability (the original's `semantic_probabilistic_inference`).
+    `in_place=True` turns `masks_queries_logits` (a tensor the caller owns and no longer needs, outside autograd)
+    into its sigmoid in place instead of allocating another full-size tensor."""
     classes = class_queries_logits.softmax(dim=-1)[..., :-1]
-    masks = masks_queries_logits.sigmoid()
+    masks = masks_queries_logits.sigmoid_() if in_place else masks_queries_logits.sigmoid()
     return torch.einsum("bqc,bqhw->bchw", classes, masks)
 
 
@@ -722,7 +726,9 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         fold = self.pixel_decoder.folding_is_cheaper(queries.shape[1])
         class_logits, mask_logits, _ = self.mask_classification(queries, fpn_outputs[-1], fold_projection=fold)
         masks = F.interpolate(mask_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
-        return semantic_scores(class_logits, masks[..., :height, :width])
+        # (the upsampled masks are ours alone: their sigmoid is taken in place, without autograd)
+        masks = masks[..., :height, :width]
+        return semantic_scores(class_logits, masks, in_place=not torch.is_grad_enabled() and masks.is_contiguous())
 
 
 __all__ = ["MaskFormerForUniversalSegmentation", "MaskFormerPreTrainedModel"]
