@@ -1,13 +1,17 @@
 """A Linear layer through oneDNN with the activation fused, for CPU inference.
 
-PyTorch runs `nn.Linear` on the CPU through MKL's sgemm, then the activation as a separate pass over the output. oneDNN's matrix product (the kernel `torch.compile`'s CPU backend uses, exposed eagerly as
-`torch.ops.mkldnn._linear_pointwise`) is faster than sgemm on the token-by-channel products of a ViT (measured in
-`benchmarks/bench_segmenter.py`) and applies an exact (erf) GELU while the output is still in cache. The result is the same product in float32 (no reduced-precision modes: errors
-~1e-6 relative, the size of a different summation order). Used only where it can be: CPU float32 tensors, no autograd
+PyTorch runs `nn.Linear` on the CPU through MKL's sgemm, then the activation as a separate pass over the output.
+oneDNN's matrix product (the kernel `torch.compile`'s CPU backend uses, exposed eagerly as
+`torch.ops.mkldnn._linear_pointwise`) applies an exact (erf) GELU while the output is still in cache and is faster
+than sgemm on some CPUs and slower on others, so each product shape is measured once on the running CPU and the
+faster kernel is used (`onednn_is_faster`). The result is the same product in float32 (no reduced-precision modes:
+errors ~1e-6 relative, the size of a different summation order). Used only where it can be: CPU float32 tensors, no autograd
 (training keeps PyTorch's kernels and their backward), no autocast, not while `torch.compile` traces (the compiler
 fuses by itself) nor while a graph is exported or traced. Switched off with the other fast kernels in
 `hf_segmodels.kernels` (`kernels.enabled["onednn"] = False`).
 """
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +51,54 @@ def usable(x: torch.Tensor, layer: nn.Linear) -> bool:
     )
 
 
+# Per product shape (rows, in_features, out_features, activation, threads): whether oneDNN was measured faster than
+# PyTorch's own kernels on this CPU (which one wins depends on the CPU: e.g. MKL's sgemm wins for ViT-sized products
+# on some AMD CPUs, oneDNN on some Intel ones). Filled on first use of a shape; `choices()` shows it.
+_FASTER: dict[tuple, bool] = {}
+
+
+def _timed(function, repeats: int = 2) -> float:
+    function()  # warm-up (first-touch of the output, oneDNN's primitive cache)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _onednn_forward(layer: "Linear", x: torch.Tensor) -> torch.Tensor:
+    if layer.activation_name == "gelu":
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")
+    output = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    return output if layer.activation is None else layer.activation(output)
+
+
+def _pytorch_forward(layer: "Linear", x: torch.Tensor) -> torch.Tensor:
+    output = F.linear(x, layer.weight, layer.bias)
+    return output if layer.activation is None else layer.activation(output)
+
+
+def onednn_is_faster(layer: "Linear", x: torch.Tensor) -> bool:
+    """Whether oneDNN computes `layer(x)` faster than PyTorch's kernels on this CPU, measured once per product shape
+    (and thread count) and remembered for the process."""
+    key = (x.numel() // x.shape[-1], layer.in_features, layer.out_features, layer.activation_name,
+           torch.get_num_threads())  # fmt: skip
+    if key not in _FASTER:
+        _FASTER[key] = _timed(lambda: _onednn_forward(layer, x)) < _timed(lambda: _pytorch_forward(layer, x))
+    return _FASTER[key]
+
+
+def choices() -> dict[tuple, bool]:
+    """The measured choices so far: `{(rows, in_features, out_features, activation, threads): oneDNN faster}`."""
+    return dict(_FASTER)
+
+
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, same state-dict keys) that runs through oneDNN when `usable`, optionally followed
-    by an activation: `activation="gelu"` (exact, erf) is applied inside the product's output loop on the oneDNN path;
-    any other `ACT2FN` name is applied after the product. Input (..., in_features) -> (..., out_features)."""
+    """`nn.Linear` (same parameters, same state-dict keys) that runs through oneDNN when `usable` and measured faster
+    than PyTorch's kernels for the product's shape on this CPU (`onednn_is_faster`), optionally followed by an
+    activation: `activation="gelu"` (exact, erf) is applied inside the product's output loop on the oneDNN path; any
+    other `ACT2FN` name is applied after the product. Input (..., in_features) -> (..., out_features)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None, **kwargs):
         super().__init__(in_features, out_features, bias, **kwargs)
@@ -58,17 +106,13 @@ class Linear(nn.Linear):
         self.activation = ACT2FN[activation] if activation is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if usable(x, self):
-            if self.activation_name == "gelu":
-                return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu", [], "none")
-            x = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        else:
-            x = F.linear(x, self.weight, self.bias)
-        return x if self.activation is None else self.activation(x)
+        if usable(x, self) and onednn_is_faster(self, x):
+            return _onednn_forward(self, x)
+        return _pytorch_forward(self, x)
 
     def extra_repr(self) -> str:
         activation = f", activation={self.activation_name}" if self.activation_name is not None else ""
         return super().extra_repr() + activation
 
 
-__all__ = ["Linear", "usable"]
+__all__ = ["Linear", "choices", "onednn_is_faster", "usable"]

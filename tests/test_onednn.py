@@ -14,6 +14,13 @@ from hf_segmodels.segmenter import SegmenterConfig
 pytestmark = pytest.mark.skipif(not onednn._AVAILABLE, reason="this PyTorch build has no oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def onednn_measured_faster(monkeypatch):
+    """The tests below check the oneDNN path itself: it counts as the faster kernel for every shape (which one is
+    faster on the running CPU is measured; `test_the_faster_kernel_is_measured_once_per_shape` checks that)."""
+    monkeypatch.setattr(onednn, "onednn_is_faster", lambda layer, x: True)
+
+
 class OpRecorder(TorchDispatchMode):
     """Names of the aten / mkldnn operators that ran inside the block."""
 
@@ -145,3 +152,19 @@ def test_segformer_layer_eval_path_equals_the_training_path():
             layer.train()
             reference, _ = layer(x, (8, 12))
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_the_faster_kernel_is_measured_once_per_shape(layer_and_inputs, monkeypatch):
+    plain, x = layer_and_inputs
+    monkeypatch.undo()  # the real measurement
+    layer = fast(plain, "gelu")
+    key = (2 * 37, 48, 96, "gelu", torch.get_num_threads())
+    onednn._FASTER.pop(key, None)
+    with torch.no_grad():
+        expected = F.gelu(plain(x))
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        assert key in onednn.choices()
+        for faster in (True, False):  # the remembered choice is the kernel that runs
+            monkeypatch.setitem(onednn._FASTER, key, faster)
+            assert ran_onednn(lambda: layer(x)) is faster
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
