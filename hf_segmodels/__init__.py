@@ -5,6 +5,7 @@ makes `pipeline("image-segmentation")` run the test protocol that a checkpoint r
 """
 
 from . import metrics  # noqa: F401  (hf_segmodels.metrics.MEAN_IOU / PANOPTIC_QUALITY for evaluate.load)
+from .fast_path import fastest
 from .inference import infer_logits
 from .segmenter import SegmenterConfig, SegmenterForSemanticSegmentation, SegmenterImageProcessor
 from .setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessor
@@ -17,6 +18,7 @@ register_pipeline()
 __version__ = "0.1.0"
 
 __all__ = [
+    "fastest",
     "infer_logits",
     "SegmenterConfig",
     "SegmenterForSemanticSegmentation",

@@ -79,11 +79,18 @@ def _pytorch_forward(layer: "Linear", x: torch.Tensor) -> torch.Tensor:
     return output if layer.activation is None else layer.activation(output)
 
 
+# Products smaller than this many multiply-adds always run PyTorch's kernel: too short to time reliably, and too
+# cheap for the choice to matter.
+MIN_MEASURED_MACS = 1 << 22
+
+
 def onednn_is_faster(layer: "Linear", x: torch.Tensor) -> bool:
     """Whether oneDNN computes `layer(x)` faster than PyTorch's kernels on this CPU, measured once per product shape
-    (and thread count) and remembered for the process."""
-    key = (x.numel() // x.shape[-1], layer.in_features, layer.out_features, layer.activation_name,
-           torch.get_num_threads())  # fmt: skip
+    (and thread count) and remembered for the process; False for products under `MIN_MEASURED_MACS`."""
+    rows = x.numel() // x.shape[-1]
+    if rows * layer.in_features * layer.out_features < MIN_MEASURED_MACS:
+        return False
+    key = (rows, layer.in_features, layer.out_features, layer.activation_name, torch.get_num_threads())
     if key not in _FASTER:
         _FASTER[key] = _timed(lambda: _onednn_forward(layer, x)) < _timed(lambda: _pytorch_forward(layer, x))
     return _FASTER[key]

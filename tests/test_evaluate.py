@@ -52,6 +52,7 @@ def test_modes_match_a_direct_computation(name, tmp_path_factory, tmp_path):
     assert default["mode"]["window"] == [32, 32] and default["mode"]["stride"] == [21, 21]
     assert set(default["per_category_iou"]) == {"background", "disc", "square", "triangle"}
     assert_matches(default, direct_metrics(output, data, 3))
+    assert_matches(evaluate("--fastest"), direct_metrics(output, data, 3))  # hf_segmodels.fastest: same numbers
     whole = evaluate("--mode", "whole")
     assert whole["mode"]["window"] is None
     assert_matches(whole, direct_metrics(output, data, 3, protocol=False))

@@ -1,0 +1,113 @@
+"""The package's fastest CPU inference path: `hf_segmodels.fastest(model)`.
+
+What it does, measured on the CPUs this package is benchmarked on (`benchmarks/bench_fastest.py`, results in
+`benchmarks/results/fastest.md`), against the alternatives a user has (eager PyTorch, `torch.compile`, ONNX Runtime
+or OpenVINO on the exported graph):
+
+- eager PyTorch in `torch.inference_mode()` with the package's fast kernels (`hf_segmodels.kernels`: oneDNN linear
+  products where they are measured faster on the running CPU, Winograd 3x3 convolutions, folded BatchNorms,
+  SegFormer's merged decoder). `torch.compile` (inductor) was measured slower than this eager path here and takes
+  a minute or more to compile, so it is not used; nothing is compiled and nothing is rebuilt for new input sizes:
+  the only warm-up is each linear product shape's one-time kernel measurement (`hf_segmodels.onednn`), a fraction
+  of one forward pass, remembered for the process.
+- memory that is reused instead of returned to the operating system: a forward allocates hundreds of MB of
+  activations, and every fresh page costs a page fault. On Linux with glibc, `tune_memory=True` asks the allocator
+  to keep freed memory (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 2 GiB)`) and PyTorch to back large
+  tensors with transparent huge pages (PyTorch's own `THP_MEM_ALLOC_ENABLE=1`, effective when set before the process
+  first allocates a large tensor; set it in the environment to be sure). These are process-wide settings: the
+  process keeps its peak memory instead of returning it.
+
+The result is a model-like callable: `fastest(model)(pixel_values=...)` gives `model(pixel_values=...)`'s outputs (in
+eval mode; the same kernels as eager inference, so the same numbers), `fastest(model).full_resolution_logits(...)`
+and every other attribute of the model work as on the model, and `hf_segmodels.infer_logits(fastest(model), ...)`
+runs sliding windows through it. `fastest(model)` is cached on the model: calling it again returns the same object.
+
+One switch for `pipeline("image-segmentation")`, `hf_segmodels.infer_logits` and `examples/evaluate.py` (its
+`--fastest` flag sets it): the environment variable `HF_SEGMODELS_FASTEST=1` makes `infer_logits` (which the
+pipeline and evaluate.py run) use `fastest(model)`.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+import torch
+
+ENVIRONMENT_VARIABLE = "HF_SEGMODELS_FASTEST"
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+_memory_tuned = False
+
+
+def requested() -> bool:
+    """Whether `HF_SEGMODELS_FASTEST` asks for the fastest path (`1`, `true`, `yes`)."""
+    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
+def tune_memory() -> bool:
+    """Keeps freed memory in the process (glibc) and asks PyTorch for transparent huge pages; returns whether the
+    allocator settings could be applied (Linux with glibc). Idempotent."""
+    global _memory_tuned
+    if _memory_tuned:
+        return True
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
+    _memory_tuned = applied
+    return applied
+
+
+class FastestModel:
+    """`model` run in inference mode (eval) with the package's fastest CPU settings; see the module docstring.
+    Calls and attributes are the model's."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.__dict__["model"] = model
+
+    def __call__(self, *args, **kwargs):
+        model = self.model
+        if model.training:
+            model.eval()
+        with torch.inference_mode():
+            return model(*args, **kwargs)
+
+    def full_resolution_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The model's `full_resolution_logits` (B, num_labels, H, W), in inference mode."""
+        model = self.model
+        if model.training:
+            model.eval()
+        with torch.inference_mode():
+            return model.full_resolution_logits(pixel_values)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.model, name, value)
+
+    def __repr__(self) -> str:
+        return f"fastest({self.model.__class__.__name__})"
+
+
+def fastest(model: torch.nn.Module, tune_memory_allocator: bool = True) -> FastestModel:
+    """The fastest CPU inference path of one of our models: a callable with `model(pixel_values=...)`'s signature and
+    outputs (eval mode). Cached on the model. `tune_memory_allocator=False` leaves the process's allocator alone."""
+    if isinstance(model, FastestModel):
+        return model
+    if not hasattr(model, "full_resolution_logits"):
+        raise TypeError(f"fastest() takes a model of hf_segmodels, got {type(model).__name__}.")
+    cached = model.__dict__.get("_hf_segmodels_fastest")
+    if cached is None:
+        cached = FastestModel(model.eval())
+        model.__dict__["_hf_segmodels_fastest"] = cached
+    if tune_memory_allocator:
+        tune_memory()
+    return cached
+
+
+__all__ = ["ENVIRONMENT_VARIABLE", "FastestModel", "fastest", "requested", "tune_memory"]
