@@ -502,10 +502,20 @@ def main(argv=None):
     parser.add_argument("--no-explain", dest="explain", action="store_false", help="skip the graph-break count")
     parser.add_argument("--no-infer", dest="infer", action="store_false", help="skip bench_infer.py")
     parser.add_argument("--output", default=str(RESULTS), help="folder for run_all.{json,md,png}")
+    parser.add_argument("--fastest_vs_ort", action="store_true",
+                        help="instead: hf_segmodels.fastest against ONNX Runtime on our exported graph "
+                             "(bench_fastest.py: SegFormer-B0/B2, Segmenter-B/16, SETR-PUP-L, MaskFormer R50 / Swin-T "
+                             "at 1 and 2 threads; writes fastest.md into --output)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     parser.add_argument("--_json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.fastest_vs_ort:  # the deployment-runtime section (ONNX Runtime is an optional extra)
+        import bench_fastest
+
+        bench_fastest.main(["--repeats", str(args.repeats), "--size", str(args.size), "--output",
+                            str(Path(args.output) / "fastest.md")])  # fmt: skip
+        return
 
     if args._case:  # child process: one comparison
         result = run_case(args._case, args)
