@@ -88,7 +88,7 @@ def export(model, architecture: str, pixel_values: torch.Tensor, path: Path) -> 
         return "torchscript"
 
 
-def run_case(case: str, threads: list[int], repeats: int, size: int) -> list[dict]:
+def run_case(case: str, threads: list[int], repeats: int, size: int, with_compile: bool = False) -> list[dict]:
     import onnxruntime as ort
 
     import hf_segmodels
@@ -118,8 +118,21 @@ def run_case(case: str, threads: list[int], repeats: int, size: int) -> list[dic
             first_result = time.perf_counter() - start
             ort_logits = session.run(None, inputs)[0]
             clock = "cpu" if count == 1 else "wall"
-            times = interleaved({"ours": lambda: fast(pixel_values=pixel_values),
-                                 "ort": lambda: session.run(None, inputs)}, repeats)  # fmt: skip
+            functions = {"ours": lambda: fast(pixel_values=pixel_values), "ort": lambda: session.run(None, inputs)}
+            compile_s = None
+            if with_compile:  # torch.compile (inductor), the alternative a PyTorch user would try
+                compiled = torch.compile(Logits(model).eval())
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    compiled(pixel_values)
+                compile_s = time.perf_counter() - start
+
+                def run_compiled():
+                    with torch.inference_mode():
+                        return compiled(pixel_values)
+
+                functions["compiled"] = run_compiled
+            times = interleaved(functions, repeats)
             ours_s = statistics.median(times["ours"][clock])
             ort_s = statistics.median(times["ort"][clock])
             rows.append({
@@ -129,6 +142,8 @@ def run_case(case: str, threads: list[int], repeats: int, size: int) -> list[dic
                 "ort_max_abs": float(np.abs(ort_logits - reference).max()),
                 "ort_argmax_agreement": float((ort_logits.argmax(1) == reference.argmax(1)).mean()),
                 "export_s": export_seconds, "first_result_s": first_result,
+                "compile_s": compile_s,
+                "compiled_ms": 1000 * statistics.median(times["compiled"][clock]) if with_compile else None,
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -141,15 +156,17 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--output", help="Markdown table to write (e.g. benchmarks/results/fastest.md).")
+    parser.add_argument("--with_compile", nargs="*", default=[], choices=list(CASES),
+                        help="cases that also time torch.compile(model) (inductor): compile time and steady state")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._case:
-        run_case(args._case, args.threads, args.repeats, args.size)
+        run_case(args._case, args.threads, args.repeats, args.size, with_compile=args._case in args.with_compile)
         return
     rows = []
     for case in args.cases:
         command = [sys.executable, __file__, "--_case", case, "--repeats", str(args.repeats), "--size",
-                   str(args.size), "--threads", *map(str, args.threads)]  # fmt: skip
+                   str(args.size), "--threads", *map(str, args.threads), "--with_compile", *args.with_compile]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         case_rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not case_rows:
@@ -178,6 +195,12 @@ def main(argv=None):
             f"{row['ratio']:.2f} | ≥{TARGET} {mark} | {row['ours_vs_eager_max_abs']:.1e} | {row['ort_max_abs']:.1e} | "
             f"{100 * row['ort_argmax_agreement']:.3f}% | {row['export_s']:.0f} | {row['first_result_s']:.2f} |"
         )
+    compiled = [row for row in rows if row.get("compiled_ms") is not None]
+    if compiled:
+        lines += ["", "torch.compile (inductor, default settings) of the same model, in the same loop:", "",
+                  "| model | threads | compile (first call) s | compiled ms | ours ms |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {row['case']} | {row['threads']} | {row['compile_s']:.0f} | {row['compiled_ms']:.0f} | "
+                  f"{row['ours_ms']:.0f} |" for row in compiled]
     print("\n".join(lines))
     if args.output:
         Path(args.output).write_text("\n".join(lines) + "\n")
