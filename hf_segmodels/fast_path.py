@@ -6,8 +6,9 @@ or OpenVINO on the exported graph):
 
 - eager PyTorch in `torch.inference_mode()` with the package's fast kernels (`hf_segmodels.kernels`: oneDNN linear
   products where they are measured faster on the running CPU, Winograd 3x3 convolutions, folded BatchNorms,
-  SegFormer's merged decoder). `torch.compile` (inductor) was measured slower than this eager path here and takes
-  a minute or more to compile, so it is not used; nothing is compiled and nothing is rebuilt for new input sizes:
+  SegFormer's merged decoder). `torch.compile` (inductor) was measured slower than this eager path and takes tens
+  of seconds to compile (`bench_fastest.py --with_compile`), so it is not used; nothing is compiled and nothing is
+  rebuilt for new input sizes:
   the only warm-up is each linear product shape's one-time kernel measurement (`hf_segmodels.onednn`), a fraction
   of one forward pass, remembered for the process.
 - memory that is reused instead of returned to the operating system: a forward allocates hundreds of MB of
