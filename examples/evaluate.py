@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_segmodels  # noqa: F401  (registers the architectures)
-from hf_segmodels.fast_path import ENVIRONMENT_VARIABLE as FASTEST_VARIABLE
 from hf_segmodels.metrics import PanopticQualityMetric
 from hf_segmodels.protocol import get_test_protocol
 from hf_segmodels.training.data import (
@@ -87,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "<model folder>/eval_<split>_<mode>.json for local models, else ./eval_<split>_<mode>.json).")
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--fastest", action="store_true",
-                        help="On a CPU, run the model through hf_segmodels.fastest (sets HF_SEGMODELS_FASTEST=1).")
+                        help="On a CPU, run the model through hf_segmodels.fastest (as HF_SEGMODELS_FASTEST=1 does).")
     args = parser.parse_args(argv)
     if args.num_samples is not None and args.num_samples < 1:
         parser.error("--num_samples must be >= 1.")
@@ -217,10 +216,8 @@ def main(argv=None):
         dataset = dataset.select(range(min(args.num_samples, len(dataset))))
 
     model = model.to(accelerator.device)
-    if args.fastest:
-        os.environ[FASTEST_VARIABLE] = "1"  # infer_logits runs fastest(model)
-        if accelerator.device.type == "cpu":
-            model = hf_segmodels.fastest(model)  # the panoptic path calls the model itself
+    if args.fastest and accelerator.device.type == "cpu":
+        model = hf_segmodels.fastest(model)  # (what HF_SEGMODELS_FASTEST=1 does inside infer_logits)
     if args.task == "panoptic":
         results = evaluate_panoptic(model, processor, dataset, args, accelerator)
         # NaN (nothing to measure) is written as null, with the reason, so that the file stays valid JSON.

@@ -23,9 +23,9 @@ eval mode; the same kernels as eager inference, so the same numbers), `fastest(m
 and every other attribute of the model work as on the model, and `hf_segmodels.infer_logits(fastest(model), ...)`
 runs sliding windows through it. `fastest(model)` is cached on the model: calling it again returns the same object.
 
-One switch for `pipeline("image-segmentation")`, `hf_segmodels.infer_logits` and `examples/evaluate.py` (its
-`--fastest` flag sets it): the environment variable `HF_SEGMODELS_FASTEST=1` makes `infer_logits` (which the
-pipeline and evaluate.py run) use `fastest(model)`.
+One switch for `pipeline("image-segmentation")`, `hf_segmodels.infer_logits` and `examples/evaluate.py`: the
+environment variable `HF_SEGMODELS_FASTEST=1` makes `infer_logits` (which the pipeline and evaluate.py run) use
+`fastest(model)` (`evaluate.py --fastest` does the same for one run).
 """
 
 import ctypes
