@@ -5,7 +5,7 @@ What it does, measured on the CPUs this package is benchmarked on (`benchmarks/b
 or OpenVINO on the exported graph):
 
 - eager PyTorch in `torch.inference_mode()` with the package's fast kernels (`hf_segmodels.kernels`: oneDNN linear
-  products where they are measured faster on the running CPU, Winograd 3x3 convolutions, folded BatchNorms,
+  products where they are measured faster on the running CPU (plain eager inference keeps PyTorch's, deterministic), Winograd 3x3 convolutions, folded BatchNorms,
   SegFormer's merged decoder). `torch.compile` (inductor) was measured slower than this eager path and takes tens
   of seconds to compile (`bench_fastest.py --with_compile`), so it is not used; nothing is compiled and nothing is
   rebuilt for new input sizes:
@@ -34,6 +34,8 @@ import os
 import platform
 
 import torch
+
+from .onednn import measure_kernels
 
 ENVIRONMENT_VARIABLE = "HF_SEGMODELS_FASTEST"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
@@ -106,6 +108,7 @@ def fastest(model: torch.nn.Module, tune_memory_allocator: bool = True) -> Faste
     if cached is None:
         cached = FastestModel(model.eval())
         model.__dict__["_hf_segmodels_fastest"] = cached
+    measure_kernels()  # linear products through the kernel measured faster on this CPU (hf_segmodels.onednn)
     if tune_memory_allocator:
         tune_memory()
     return cached

@@ -3,8 +3,9 @@
 PyTorch runs `nn.Linear` on the CPU through MKL's sgemm, then the activation as a separate pass over the output.
 oneDNN's matrix product (the kernel `torch.compile`'s CPU backend uses, exposed eagerly as
 `torch.ops.mkldnn._linear_pointwise`) applies an exact (erf) GELU while the output is still in cache and is faster
-than sgemm on some CPUs and slower on others, so each product shape is measured once on the running CPU and the
-faster kernel is used (`onednn_is_faster`). The result is the same product in float32 (no reduced-precision modes:
+than sgemm on some CPUs and slower on others. Plain eager inference therefore keeps PyTorch's kernel (deterministic);
+`hf_segmodels.fastest(model)` measures each product shape once on the running CPU and uses the faster kernel
+(`onednn_is_faster`). The result is the same product in float32 (no reduced-precision modes:
 errors ~1e-6 relative, the size of a different summation order). Used only where it can be: CPU float32 tensors, no autograd
 (training keeps PyTorch's kernels and their backward), no autocast, not while `torch.compile` traces (the compiler
 fuses by itself) nor while a graph is exported or traced. Switched off with the other fast kernels in
@@ -79,20 +80,38 @@ def _pytorch_forward(layer: "Linear", x: torch.Tensor) -> torch.Tensor:
     return output if layer.activation is None else layer.activation(output)
 
 
+# Whether products are measured at all: off by default, so that eager inference is deterministic (PyTorch's kernels);
+# `hf_segmodels.fastest(model)` turns it on (`measure_kernels()`), and its outputs may then differ from another
+# process's at float-rounding level (~1e-6), where the two kernels' times are close.
+measuring = False
+
+
+def measure_kernels(enable: bool = True) -> None:
+    """Lets `Linear` measure oneDNN against PyTorch's kernel per product shape and use the faster (the fastest path)."""
+    global measuring
+    measuring = enable
+
+
+# oneDNN is chosen only when clearly faster: its time under this fraction of PyTorch's. Kernels whose times are close
+# would otherwise be chosen by timing noise, and two processes could compute slightly different numbers (~1e-6).
+CLEAR_MARGIN = 0.85
+
 # Products smaller than this many multiply-adds always run PyTorch's kernel: too short to time reliably, and too
 # cheap for the choice to matter.
 MIN_MEASURED_MACS = 1 << 22
 
 
 def onednn_is_faster(layer: "Linear", x: torch.Tensor) -> bool:
-    """Whether oneDNN computes `layer(x)` faster than PyTorch's kernels on this CPU, measured once per product shape
-    (and thread count) and remembered for the process; False for products under `MIN_MEASURED_MACS`."""
+    """Whether oneDNN computes `layer(x)` clearly faster (`CLEAR_MARGIN`) than PyTorch's kernels on this CPU, measured
+    once per product shape (and thread count) and remembered for the process; False unless `measuring` (the fastest
+    path) and for products under `MIN_MEASURED_MACS`."""
     rows = x.numel() // x.shape[-1]
-    if rows * layer.in_features * layer.out_features < MIN_MEASURED_MACS:
+    if not measuring or rows * layer.in_features * layer.out_features < MIN_MEASURED_MACS:
         return False
     key = (rows, layer.in_features, layer.out_features, layer.activation_name, torch.get_num_threads())
     if key not in _FASTER:
-        _FASTER[key] = _timed(lambda: _onednn_forward(layer, x)) < _timed(lambda: _pytorch_forward(layer, x))
+        onednn_seconds = _timed(lambda: _onednn_forward(layer, x))
+        _FASTER[key] = onednn_seconds < CLEAR_MARGIN * _timed(lambda: _pytorch_forward(layer, x))
     return _FASTER[key]
 
 
@@ -122,4 +141,4 @@ class Linear(nn.Linear):
         return super().extra_repr() + activation
 
 
-__all__ = ["Linear", "choices", "onednn_is_faster", "usable"]
+__all__ = ["Linear", "choices", "measure_kernels", "onednn_is_faster", "usable"]

@@ -15,5 +15,11 @@ def golden_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    """Same seed for every test, and plain eager kernels after a test that used `hf_segmodels.fastest` (which lets
+    linear products pick their kernel by measurement for the rest of the process)."""
+    from hf_segmodels import onednn
+
     torch.manual_seed(0)
+    measuring = onednn.measuring
     yield
+    onednn.measuring = measuring

@@ -9,6 +9,7 @@ from tiny import ARCHITECTURES, tiny_image_processor, tiny_model
 from transformers import pipeline
 
 import hf_segmodels
+from hf_segmodels import onednn
 from hf_segmodels.fast_path import ENVIRONMENT_VARIABLE, FastestModel
 
 SIZES = {"segformer": 64, "segmenter": 32, "setr": 32, "maskformer": 64}
@@ -20,6 +21,7 @@ def test_fastest_gives_the_models_outputs_and_is_cached(architecture):
     fast = hf_segmodels.fastest(model)
     assert isinstance(fast, FastestModel) and hf_segmodels.fastest(model) is fast and hf_segmodels.fastest(fast) is fast
     assert not model.training and fast.config is model.config
+    assert onednn.measuring  # the fastest path measures the linear kernels (tests/conftest.py restores the default)
     size = SIZES[architecture]
     pixel_values = torch.randn(2, 3, size, size + 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

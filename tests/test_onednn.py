@@ -157,9 +157,14 @@ def test_segformer_layer_eval_path_equals_the_training_path():
 def test_the_faster_kernel_is_measured_once_per_shape(layer_and_inputs, monkeypatch):
     plain, x = layer_and_inputs
     monkeypatch.undo()  # the real measurement
-    monkeypatch.setattr(onednn, "MIN_MEASURED_MACS", 1)  # (the fixture's product is too small to be measured)
     layer = fast(plain, "gelu")
     key = (2 * 37, 48, 96, "gelu", torch.get_num_threads())
+    onednn._FASTER.pop(key, None)
+    with torch.no_grad():  # plain eager inference: PyTorch's kernel, nothing measured
+        monkeypatch.setattr(onednn, "measuring", False)
+        assert not ran_onednn(lambda: layer(x)) and key not in onednn.choices()
+    monkeypatch.setattr(onednn, "measuring", True)  # the fastest path
+    monkeypatch.setattr(onednn, "MIN_MEASURED_MACS", 1)  # (the fixture's product is too small to be measured)
     onednn._FASTER.pop(key, None)
     with torch.no_grad():
         expected = F.gelu(plain(x))
