@@ -133,7 +133,9 @@ def main():
     dataset.reset_format()
     example = dataset["validation"][0]
     segments = segmentation(example["image"])
-    print("pipeline:", ", ".join(f"{s['label']} (score {s['score']:.2f})" for s in segments))
+    # one mask per class present (semantic); `segmentation(image, subtask="panoptic")` also scores each segment
+    shares = [f"{s['label']} ({np.mean(np.array(s['mask']) > 0):.0%} of the image)" for s in segments]
+    print("pipeline:", ", ".join(shares))
     prediction = np.zeros((SIZE, SIZE), dtype=np.int64)
     for segment in segments:
         prediction[np.array(segment["mask"]) > 0] = reloaded.config.label2id[segment["label"]]
