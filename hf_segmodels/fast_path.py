@@ -4,24 +4,25 @@ What it does, measured on the CPUs this package is benchmarked on (`benchmarks/b
 `benchmarks/results/fastest.md`), against the alternatives a user has (eager PyTorch, `torch.compile`, ONNX Runtime
 or OpenVINO on the exported graph):
 
-- eager PyTorch in `torch.inference_mode()` with the package's fast kernels (`hf_segmodels.kernels`: oneDNN linear
-  products where they are measured faster on the running CPU (plain eager inference keeps PyTorch's, deterministic), Winograd 3x3 convolutions, folded BatchNorms,
-  SegFormer's merged decoder). `torch.compile` (inductor) was measured slower than this eager path and takes tens
-  of seconds to compile (`bench_fastest.py --with_compile`), so it is not used; nothing is compiled and nothing is
-  rebuilt for new input sizes:
-  the only warm-up is each linear product shape's one-time kernel measurement (`hf_segmodels.onednn`), a fraction
-  of one forward pass, remembered for the process.
+- eager PyTorch in `torch.inference_mode()` with the package's fast kernels (`hf_segmodels.kernels`: Winograd 3x3
+  convolutions, folded BatchNorms, SegFormer's merged decoder, and oneDNN linear products where they are measured
+  clearly faster on the running CPU; plain eager inference keeps PyTorch's linear kernel). `torch.compile`
+  (inductor) was measured slower than this eager path and takes tens of seconds to compile
+  (`bench_fastest.py --with_compile`), so it is not used; nothing is compiled and nothing is rebuilt for new input
+  sizes: the only warm-up is each linear product shape's one-time kernel measurement (`hf_segmodels.onednn`), a
+  fraction of one forward pass, remembered for the process.
 - memory that is reused instead of returned to the operating system: a forward allocates hundreds of MB of
-  activations, and every fresh page costs a page fault. On Linux with glibc, `tune_memory=True` asks the allocator
-  to keep freed memory (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 2 GiB)`) and PyTorch to back large
-  tensors with transparent huge pages (PyTorch's own `THP_MEM_ALLOC_ENABLE=1`, effective when set before the process
-  first allocates a large tensor; set it in the environment to be sure). These are process-wide settings: the
-  process keeps its peak memory instead of returning it.
+  activations, and every fresh page costs a page fault. On Linux with glibc, `tune_memory_allocator=True` asks the
+  allocator to keep freed memory (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 2 GiB)`) and PyTorch to back
+  large tensors with transparent huge pages (PyTorch's own `THP_MEM_ALLOC_ENABLE=1`, effective when set before the
+  process first allocates a large tensor; set it in the environment to be sure). These are process-wide settings:
+  the process keeps its peak memory instead of returning it.
 
 The result is a model-like callable: `fastest(model)(pixel_values=...)` gives `model(pixel_values=...)`'s outputs (in
-eval mode; the same kernels as eager inference, so the same numbers), `fastest(model).full_resolution_logits(...)`
-and every other attribute of the model work as on the model, and `hf_segmodels.infer_logits(fastest(model), ...)`
-runs sliding windows through it. `fastest(model)` is cached on the model: calling it again returns the same object.
+eval mode; equal up to float rounding where a linear product takes the other kernel),
+`fastest(model).full_resolution_logits(...)` and every other attribute of the model work as on the model, and
+`hf_segmodels.infer_logits(fastest(model), ...)` runs sliding windows through it. `fastest(model)` is cached on the
+model: calling it again returns the same object.
 
 One switch for `pipeline("image-segmentation")`, `hf_segmodels.infer_logits` and `examples/evaluate.py`: the
 environment variable `HF_SEGMODELS_FASTEST=1` makes `infer_logits` (which the pipeline and evaluate.py run) use
@@ -72,20 +73,18 @@ class FastestModel:
     def __init__(self, model: torch.nn.Module):
         self.__dict__["model"] = model
 
-    def __call__(self, *args, **kwargs):
-        model = self.model
-        if model.training:
-            model.eval()
+    def _run(self, function, *args, **kwargs):
+        if self.model.training:
+            self.model.eval()
         with torch.inference_mode():
-            return model(*args, **kwargs)
+            return function(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self._run(self.model, *args, **kwargs)
 
     def full_resolution_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The model's `full_resolution_logits` (B, num_labels, H, W), in inference mode."""
-        model = self.model
-        if model.training:
-            model.eval()
-        with torch.inference_mode():
-            return model.full_resolution_logits(pixel_values)
+        return self._run(self.model.full_resolution_logits, pixel_values)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)

@@ -314,7 +314,7 @@ class SemanticSegmentationImageProcessor(RemoteCodeImageProcessorMixin, PilBacke
         """
         results = []
         for scores in resized_class_scores(outputs.logits, target_sizes):
-            segmentation = (scores[0] > 0).long() if scores.shape[0] == 1 else class_argmax(scores)
+            segmentation = semantic_map(scores)
             results.append(
                 SemanticSegmentationPostProcessorOutput(
                     data={"segmentation": segmentation, "segmentation_scores": scores}
@@ -427,6 +427,12 @@ def resized_class_scores(logits: torch.Tensor, target_sizes=None) -> list[torch.
         F.interpolate(item[None], size=size, mode="bilinear", align_corners=False)[0]
         for item, size in zip(logits, sizes)
     ]  # fmt: skip
+
+
+def semantic_map(scores: torch.Tensor) -> torch.Tensor:
+    """The (H, W) int64 class map of (C, H, W) class scores: their argmax (`class_argmax`), or for a one-channel
+    (`num_labels=1`, binary) model class 1 where the logit is positive (sigmoid > 0.5)."""
+    return (scores[0] > 0).long() if scores.shape[0] == 1 else class_argmax(scores)
 
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,10 @@ oneDNN's matrix product (the kernel `torch.compile`'s CPU backend uses, exposed 
 `torch.ops.mkldnn._linear_pointwise`) applies an exact (erf) GELU while the output is still in cache and is faster
 than sgemm on some CPUs and slower on others. Plain eager inference therefore keeps PyTorch's kernel (deterministic);
 `hf_segmodels.fastest(model)` measures each product shape once on the running CPU and uses the faster kernel
-(`onednn_is_faster`). The result is the same product in float32 (no reduced-precision modes:
-errors ~1e-6 relative, the size of a different summation order). Used only where it can be: CPU float32 tensors, no autograd
-(training keeps PyTorch's kernels and their backward), no autocast, not while `torch.compile` traces (the compiler
-fuses by itself) nor while a graph is exported or traced. Switched off with the other fast kernels in
+(`onednn_is_faster`). The result is the same product in float32 (no reduced-precision modes: errors ~1e-6 relative,
+the size of a different summation order). Used only where it can be: CPU float32 tensors, no autograd (training keeps
+PyTorch's kernels and their backward), no autocast, not while `torch.compile` traces (the compiler fuses by itself)
+nor while a graph is exported or traced. Switched off with the other fast kernels in
 `hf_segmodels.kernels` (`kernels.enabled["onednn"] = False`).
 """
 

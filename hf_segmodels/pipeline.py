@@ -18,7 +18,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
-from .image_processing import class_argmax, crop_to_pixel_mask, panoptic_from_class_scores, resized_class_scores
+from .image_processing import crop_to_pixel_mask, panoptic_from_class_scores, resized_class_scores, semantic_map
 from .inference import infer_logits
 from .protocol import get_test_protocol
 
@@ -85,8 +85,7 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
         if subtask not in ("panoptic", "instance"):
             # Semantic (the default, as transformers' pipeline gives for semantic models): one mask per class present
             # in the argmax map, no score.
-            segmentation = (scores[0] > 0).long() if scores.shape[0] == 1 else class_argmax(scores)
-            segmentation = segmentation.numpy()
+            segmentation = semantic_map(scores).numpy()
             labels = np.flatnonzero(np.bincount(segmentation.ravel(), minlength=scores.shape[0]))
             return [
                 {"score": None, "label": self.model.config.id2label[int(label)], "mask": _mask(segmentation == label)}

@@ -164,7 +164,8 @@ class SegmenterForSemanticSegmentation(SegmentationModelMixin, SegmenterPreTrain
         output_attentions = kwargs.get("output_attentions")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         kwargs["output_attentions"] = output_attentions
-        kwargs["output_decoder_attentions"] = bool(output_attentions) and isinstance(self.decoder, MaskTransformerDecoder)
+        has_attention = isinstance(self.decoder, MaskTransformerDecoder)
+        kwargs["output_decoder_attentions"] = bool(output_attentions) and has_attention
         return self._forward(pixel_values, labels, **kwargs)
 
     @capture_outputs(tie_last_hidden_states=False)
