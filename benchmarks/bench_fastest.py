@@ -65,17 +65,15 @@ def build(case: str):
     return architecture, model_class(config).eval()
 
 
-class Logits(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
+def logits_module(model) -> torch.nn.Module:
+    """`model` as a module of `pixel_values` alone returning `(logits,)` (the export entry point's wrapper)."""
+    from hf_segmodels.export import _Outputs
 
-    def forward(self, pixel_values):
-        return self.model(pixel_values=pixel_values).logits
+    return _Outputs(model, ("logits",)).eval()
 
 
 def export(model, architecture: str, pixel_values: torch.Tensor, path: Path) -> str:
-    wrapper = Logits(model).eval()
+    wrapper = logits_module(model)
     try:
         program = torch.onnx.export(wrapper, (pixel_values,), dynamo=True, optimize=architecture != "maskformer",
                                     verbose=False)  # fmt: skip
@@ -121,7 +119,7 @@ def run_case(case: str, threads: list[int], repeats: int, size: int, with_compil
             functions = {"ours": lambda: fast(pixel_values=pixel_values), "ort": lambda: session.run(None, inputs)}
             compile_s = None
             if with_compile:  # torch.compile (inductor), the alternative a PyTorch user would try
-                compiled = torch.compile(Logits(model).eval())
+                compiled = torch.compile(logits_module(model))
                 start = time.perf_counter()
                 with torch.inference_mode():
                     compiled(pixel_values)

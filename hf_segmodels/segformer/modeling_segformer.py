@@ -468,8 +468,7 @@ class SegformerForSemanticSegmentation(SegmentationModelMixin, SegformerPreTrain
         Returns `SemanticSegmenterOutput` with `loss`, `logits` (B, num_labels, H / 4, W / 4), `hidden_states` (the four
         stage feature maps (B, C_i, h_i, w_i)) and `attentions` (every block, (B, heads, N, N / sr_ratio^2)).
         """
-        pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
-        encoder_outputs = self.segformer(pixel_values, **{**kwargs, "return_dict": True})
+        encoder_outputs = self.segformer(pixel_values, **{**kwargs, "return_dict": True})  # (checks pixel_values)
         logits = self.decode_head(encoder_outputs.feature_maps)
         loss = None
         if labels is not None:
