@@ -86,6 +86,10 @@ class FastestModel:
         """The model's `full_resolution_logits` (B, num_labels, H, W), in inference mode."""
         return self._run(self.model.full_resolution_logits, pixel_values)
 
+    def full_resolution_semantic_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The model's `full_resolution_semantic_map` (B, H, W) (MaskFormer), in inference mode."""
+        return self._run(self.model.full_resolution_semantic_map, pixel_values)
+
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 

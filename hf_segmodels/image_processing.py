@@ -436,20 +436,19 @@ def semantic_map(scores: torch.Tensor) -> torch.Tensor:
 
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """`scores.argmax(dim=0)` of (C, H, W) class scores: the same (H, W) int64 map (the first maximum wins ties),
-    computed on the CPU as a running maximum over the classes, one contiguous pass over an (H, W) plane per class,
-    instead of PyTorch's strided reduction over the leading dimension (several times slower for hundreds of classes
-    at full image size: `benchmarks/bench_pipeline.py`)."""
+    """`scores.argmax(dim=0)` of (C, ...) class scores: the same int64 map (the first maximum wins ties), computed on
+    the CPU from the maximum over classes (a fast contiguous reduction) and one comparison per class, from the last
+    class to the first, instead of PyTorch's strided argmax over the leading dimension (several times slower for
+    hundreds of classes at full image size: `benchmarks/bench_pipeline.py`)."""
     if scores.device.type != "cpu" or scores.shape[0] < 2 or not scores.is_contiguous():
         return scores.argmax(dim=0)
-    best = scores[0].clone()
-    classes = torch.zeros(scores.shape[1:], dtype=torch.long)
-    for index in range(1, scores.shape[0]):
-        classes.masked_fill_(scores[index] > best, index)
-        torch.maximum(best, scores[index], out=best)
+    best = scores.amax(dim=0)
     if torch.isnan(best).any():  # NaN counts as the maximum for argmax; let PyTorch find the first one
         return scores.argmax(dim=0)
-    return classes
+    classes = torch.zeros(scores.shape[1:], dtype=torch.long)
+    for index in range(scores.shape[0] - 1, 0, -1):
+        classes.masked_fill_(scores[index] == best, index)
+    return classes.masked_fill_(scores[0] == best, 0)
 
 
 def panoptic_from_class_scores(scores: torch.Tensor, label_ids_to_fuse: set[int]) -> dict:

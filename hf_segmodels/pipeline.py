@@ -19,7 +19,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
 from .image_processing import crop_to_pixel_mask, panoptic_from_class_scores, resized_class_scores, semantic_map
-from .inference import infer_logits
+from .fast_path import fastest, requested as fastest_requested
+from .inference import _protocol_window, infer_logits
 from .protocol import get_test_protocol
 
 TASK = "image-segmentation"
@@ -69,30 +70,48 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
         if "pixel_mask" in model_inputs:
             # A padding processor (MaskFormer): the image's own extent; full_resolution_logits pads as the original.
             pixel_values = crop_to_pixel_mask(pixel_values, model_inputs["pixel_mask"][0])
+        if subtask not in ("panoptic", "instance") and self._map_without_scores(pixel_values, target_size, protocol):
+            model = fastest(self.model) if fastest_requested() else self.model
+            labels = model.full_resolution_semantic_map(pixel_values)[0]
+            return {"protocol_labels": labels, "target_size": target_size}
         logits = infer_logits(self.model, pixel_values, protocol=protocol)
         return {"protocol_scores": SemanticSegmenterOutput(logits=logits), "target_size": target_size}
 
+    def _map_without_scores(self, pixel_values, target_size, protocol: bool) -> bool:
+        """Whether the semantic map is the model's `full_resolution_semantic_map` (MaskFormer: the argmax of its
+        whole-image scores, computed without the (num_labels, H, W) scores): whole-image protocol and an image the
+        processor did not resize, so that the scores would not be resized before their argmax."""
+        if not hasattr(self.model, "full_resolution_semantic_map"):
+            return False
+        if protocol and _protocol_window(self.model)[0] is not None:
+            return False  # sliding windows average scores
+        return [tuple(int(v) for v in size) for size in target_size] == [tuple(pixel_values.shape[-2:])]
+
     def postprocess(self, model_outputs, subtask=None, **kwargs):
-        if "protocol_scores" not in model_outputs:
+        if "protocol_scores" not in model_outputs and "protocol_labels" not in model_outputs:
             if hasattr(self.model, "full_resolution_logits") and hasattr(self.image_processor, "overlap_threshold"):
                 # Our MaskFormer: thresholds the caller did not give are the checkpoint's (its release's test
                 # settings, recorded in the processor), not transformers' generic 0.9 / 0.5.
                 kwargs.setdefault("threshold", None)
                 kwargs.setdefault("overlap_mask_area_threshold", None)
             return super().postprocess(model_outputs, subtask=subtask, **kwargs)
-        logits = model_outputs["protocol_scores"].logits
-        scores = resized_class_scores(logits.float(), model_outputs["target_size"])[0]
-        if subtask not in ("panoptic", "instance"):
+        if "protocol_labels" in model_outputs or subtask not in ("panoptic", "instance"):
             # Semantic (the default, as transformers' pipeline gives for semantic models): one mask per class present
             # in the argmax map, no score.
-            segmentation = semantic_map(scores).numpy()
-            labels = np.flatnonzero(np.bincount(segmentation.ravel(), minlength=scores.shape[0]))
+            if "protocol_labels" in model_outputs:
+                segmentation = model_outputs["protocol_labels"].numpy()
+            else:
+                logits = model_outputs["protocol_scores"].logits
+                segmentation = semantic_map(resized_class_scores(logits.float(), model_outputs["target_size"])[0])
+                segmentation = segmentation.numpy()
+            labels = np.flatnonzero(np.bincount(segmentation.ravel()))
             return [
                 {"score": None, "label": self.model.config.id2label[int(label)], "mask": _mask(segmentation == label)}
                 for label in labels
             ]
         # Panoptic / instance requested of a per-pixel model: every class present is one segment, scored by its mean
         # probability (`post_process_panoptic_segmentation` of our per-pixel processors).
+        scores = resized_class_scores(model_outputs["protocol_scores"].logits.float(), model_outputs["target_size"])[0]
         segments = panoptic_from_class_scores(scores, set())
         segmentation = segments["segmentation"].numpy()
         return [

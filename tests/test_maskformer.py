@@ -251,3 +251,43 @@ def test_universal_and_instance_auto_classes_and_infer_logits(tmp_path):
     # config's one-channel groups has nothing to normalise there when windows run one at a time.
     sliding = infer_logits(loaded, pixel_values, window=(40, 48), stride=(24, 24), flip=True)
     assert sliding.shape == (1, NUM_LABELS, 50, 70) and torch.isfinite(sliding).all()
+
+
+@pytest.mark.parametrize("batch, mask_size, size", [(1, (16, 16), (64, 64)), (2, (10, 14), (37, 50)), (1, (3, 40), (9, 160))])
+def test_banded_full_resolution_semantic_equals_the_whole_computation(batch, mask_size, size, monkeypatch):
+    """`upsampled_semantic` computes the upsampled masks and scores band by band (channels-last); scores and their
+    argmax must be those of the whole computation (upsample to the padded size, crop, combine), batch and crops
+    included, and `labels=True` the argmax of the banded scores exactly."""
+    from hf_segmodels.image_processing import class_argmax
+    from hf_segmodels.maskformer import modeling_maskformer
+    from hf_segmodels.maskformer.modeling_maskformer import upsampled_semantic
+
+    monkeypatch.setattr(modeling_maskformer, "_BAND_PIXELS", 300)  # bands of a few rows: many bands, a partial last
+    generator = torch.Generator().manual_seed(0)
+    class_logits = torch.randn(batch, 7, NUM_LABELS + 1, generator=generator)
+    mask_logits = 4 * torch.randn(batch, 7, *mask_size, generator=generator)
+    padded = (4 * mask_size[0], 4 * mask_size[1])
+    masks = F.interpolate(mask_logits, size=padded, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+    whole = torch.einsum("bqc,bqhw->bchw", class_logits.softmax(-1)[..., :-1], masks.sigmoid())
+    with torch.no_grad():
+        scores = upsampled_semantic(class_logits, mask_logits, padded, size)
+        labels = upsampled_semantic(class_logits, mask_logits, padded, size, labels=True)
+    torch.testing.assert_close(scores, whole, atol=1e-6, rtol=0)
+    assert labels.dtype == torch.long and labels.shape == (batch, *size)
+    assert torch.equal(labels, torch.stack([class_argmax(item) for item in scores]))
+    assert torch.equal(labels, whole.argmax(1))
+    with torch.enable_grad():  # with autograd: the whole computation, differentiable
+        leaf = mask_logits.clone().requires_grad_()
+        upsampled_semantic(class_logits, leaf, padded, size).sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_full_resolution_semantic_map_is_the_argmax_of_the_scores():
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(2, 3, 70, 90)  # padded to 96 x 96 (size_divisibility 32) and cropped back
+    with torch.no_grad():
+        scores = model.full_resolution_logits(pixel_values)
+        labels = model.full_resolution_semantic_map(pixel_values)
+    assert scores.shape == (2, NUM_LABELS, 70, 90) and labels.shape == (2, 70, 90)
+    assert torch.equal(labels, scores.argmax(1))

@@ -352,3 +352,45 @@ def test_panoptic_post_processing_with_ties_across_query_chunks_equals_the_origi
             sizes = [(None, None, None if target_sizes is None else target_sizes[0])]
             assert_panoptic_equals_original(ours, outputs, sizes, 0.5, kwargs.get("overlap_mask_area_threshold", 0.8),
                                             set())
+
+
+def test_semantic_pipeline_takes_the_map_without_the_scores_when_the_image_is_not_resized(monkeypatch):
+    """A 64x64 image processed at 64x64: the pipeline's semantic answer comes from `full_resolution_semantic_map`
+    (no (num_labels, H, W) scores) and equals the argmax of `full_resolution_logits`; a 40x56 image (resized to
+    64x64, scores resized back) goes through the scores."""
+    torch.manual_seed(0)
+    labels = {i: f"class_{i}" for i in range(NUM_LABELS)}
+    config = tiny_config("maskformer", NUM_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()},
+                         test_protocol={"task": "semantic", "mode": "whole"})  # fmt: skip
+    model = MaskFormerForUniversalSegmentation(config).eval()
+    classify = MaskFormerForUniversalSegmentation.mask_classification
+
+    def varied(self, *args, **kwargs):  # a tiny random model predicts one class everywhere: fixed varied predictions
+        class_logits, mask_logits, embeddings = classify(self, *args, **kwargs)
+        generator = torch.Generator().manual_seed(0)
+        class_logits = 5 * torch.randn(class_logits.shape, generator=generator)
+        return class_logits, 5 * torch.randn(mask_logits.shape, generator=generator), embeddings
+
+    monkeypatch.setattr(MaskFormerForUniversalSegmentation, "mask_classification", varied)
+    processor = MaskFormerImageProcessor(size={"height": 64, "width": 64})
+    segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
+    calls = []
+    original = MaskFormerForUniversalSegmentation.full_resolution_semantic_map
+    monkeypatch.setattr(MaskFormerForUniversalSegmentation, "full_resolution_semantic_map",
+                        lambda self, pixel_values: calls.append(pixel_values.shape) or original(self, pixel_values))
+    for shape, direct in (((64, 64, 3), True), ((40, 56, 3), False)):
+        calls.clear()
+        image = PIL.Image.fromarray(np.random.default_rng(2).integers(0, 255, shape, dtype=np.uint8))
+        annotations = segmenter(image)
+        assert bool(calls) == direct
+        pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            scores = model.full_resolution_logits(pixel_values)
+            if not direct:
+                scores = torch.nn.functional.interpolate(scores, size=shape[:2], mode="bilinear", align_corners=False)
+        expected = scores[0].argmax(0).numpy()
+        obtained = np.full(shape[:2], -1)
+        for annotation in annotations:
+            assert annotation["score"] is None
+            obtained[np.array(annotation["mask"]) == 255] = config.label2id[annotation["label"]]
+        assert len(annotations) > 1 and (obtained == expected).all()

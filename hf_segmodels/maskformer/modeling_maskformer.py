@@ -13,6 +13,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from ..image_processing import class_argmax
 from ..kernels import capturing
 from ..layers import attend, init_vit_weights
 from ..losses import check_semantic_labels
@@ -443,6 +444,61 @@ def semantic_scores(
     return torch.einsum("bqc,bqhw->bchw", classes, masks)
 
 
+# Output pixels per band of `upsampled_semantic`: the band's upsampled masks (100 queries) and scores (150 classes)
+# stay a few MB, reused from band to band, instead of two full-size tensors of hundreds of MB.
+_BAND_PIXELS = 8192
+
+
+def upsampled_semantic(
+    class_queries_logits: torch.Tensor,
+    masks_queries_logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    size: tuple[int, int],
+    labels: bool = False,
+) -> torch.Tensor:
+    """The original's full-resolution semantic inference: the mask logits (B, Q, h, w) are upsampled bilinearly
+    (`align_corners=False`) to `padded_size`, cropped to `size` (H, W) and combined with the class probabilities
+    (`semantic_scores`). Returns the scores (B, K, H, W), or with `labels=True` only their argmax (B, H, W) int64
+    (the first maximum wins ties), without the (B, K, H, W) tensor ever existing.
+
+    Outside autograd, and when the height's upsampling factor is a power of two (MaskFormer's masks are at 1/4 of
+    the padded size), it runs band of rows by band of rows on channels-last masks: a band's rows interpolate exactly
+    as in the whole upsampling (the same source coordinates and weights), the band's masks and scores stay in the
+    caches, and PyTorch's channels-last bilinear kernel is several times faster than the channels-first one (its
+    sums differ from the channels-first kernel's in the last bit, ~5e-7 on the logits). Otherwise the whole tensors
+    are computed."""
+    batch, queries, mask_height, mask_width = masks_queries_logits.shape
+    height, width = size
+    factor = padded_size[0] // mask_height
+    if torch.is_grad_enabled() or factor * mask_height != padded_size[0] or factor & (factor - 1):
+        masks = F.interpolate(masks_queries_logits, size=padded_size, mode="bilinear", align_corners=False)
+        scores = semantic_scores(class_queries_logits, masks[..., :height, :width], in_place=not torch.is_grad_enabled())
+        return torch.stack([class_argmax(item) for item in scores]) if labels else scores
+    classes = class_queries_logits.softmax(dim=-1)[..., :-1].transpose(1, 2)  # (B, K, Q)
+    num_classes = classes.shape[1]
+    masks_queries_logits = masks_queries_logits.contiguous(memory_format=torch.channels_last)
+    shape = (batch, height, width) if labels else (batch, num_classes, height, width)
+    result = torch.empty(shape, dtype=torch.long if labels else classes.dtype, device=classes.device)
+    rows_per_band = max(1, _BAND_PIXELS // width)
+    for start in range(0, height, rows_per_band):
+        stop = min(start + rows_per_band, height)
+        # the source rows the band's output rows interpolate from, with one row of margin on each side (no clamping)
+        first, last = max(start // factor - 1, 0), min((stop - 1) // factor + 2, mask_height)
+        masks = F.interpolate(
+            masks_queries_logits[:, :, first:last], size=((last - first) * factor, padded_size[1]), mode="bilinear",
+            align_corners=False,
+        )  # fmt: skip
+        # (B, Q, rows, W) channels-last is (B, rows, W, Q) in memory: the band's rows are one block per image
+        masks = masks.permute(0, 2, 3, 1)[:, start - first * factor : stop - first * factor, :width].sigmoid_()
+        for index in range(batch):
+            band = masks[index].reshape(-1, queries).t()  # (Q, rows * width)
+            if labels:
+                result[index, start:stop] = class_argmax(torch.mm(classes[index], band)).view(stop - start, width)
+            else:
+                torch.mm(classes[index], band, out=result[index].view(num_classes, -1)[:, start * width : stop * width])
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
@@ -712,7 +768,16 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
     def full_resolution_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_labels, H, W), the original's semantic inference: the image is zero-padded to a
         multiple of `config.size_divisibility`, the mask logits are upsampled (bilinear) to the padded size and
-        cropped to (H, W), then combined with the class probabilities."""
+        cropped to (H, W), then combined with the class probabilities (`upsampled_semantic`)."""
+        return self._full_resolution(pixel_values, labels=False)
+
+    def full_resolution_semantic_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H, W) int64: the argmax of `full_resolution_logits` (the same map, first maximum on
+        ties), computed without the (B, num_labels, H, W) scores (hundreds of MB at 512 x 512 x 150 classes): what
+        the pipeline's semantic answer needs when the image is not resized."""
+        return self._full_resolution(pixel_values, labels=True)
+
+    def _full_resolution(self, pixel_values: torch.Tensor, labels: bool) -> torch.Tensor:
         pixel_values = check_pixel_values(pixel_values, self.config.backbone_config.num_channels, self.dtype)
         height, width = pixel_values.shape[-2:]
         divisor = self.config.size_divisibility
@@ -725,10 +790,7 @@ class MaskFormerForUniversalSegmentation(SegmentationModelMixin, MaskFormerPreTr
         # (exact algebra, ~2.5x fewer multiplications for 100 queries and 256 channels)
         fold = self.pixel_decoder.folding_is_cheaper(queries.shape[1])
         class_logits, mask_logits, _ = self.mask_classification(queries, fpn_outputs[-1], fold_projection=fold)
-        masks = F.interpolate(mask_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
-        # (the upsampled masks are ours alone: their sigmoid is taken in place, without autograd)
-        masks = masks[..., :height, :width]
-        return semantic_scores(class_logits, masks, in_place=not torch.is_grad_enabled() and masks.is_contiguous())
+        return upsampled_semantic(class_logits, mask_logits, pixel_values.shape[-2:], (height, width), labels=labels)
 
 
 __all__ = ["MaskFormerForUniversalSegmentation", "MaskFormerPreTrainedModel"]
