@@ -4,6 +4,7 @@
     python benchmarks/run_all.py                       # all cases, 512x512, batch 1, float32, 1 thread, CPU clock
     python benchmarks/run_all.py --cases segformer-b0 maskformer-r50 --repeats 7
     python benchmarks/run_all.py --threads 2 --clock wall   # on an otherwise idle machine
+    python benchmarks/run_all.py --deploy --repeats 7       # the deployment runtimes (bench_deploy.py): deploy.md
 
 Every comparison runs in its own fresh process (`--_case`), builds both models with IDENTICAL weights through the
 per-architecture benchmark scripts (bench_segformer / bench_maskformer / bench_segmenter / bench_setr), checks that
@@ -506,6 +507,10 @@ def main(argv=None):
                         help="instead: hf_segmodels.fastest against ONNX Runtime on our exported graph "
                              "(bench_fastest.py: SegFormer-B0/B2, Segmenter-B/16, SETR-PUP-L, MaskFormer R50 / Swin-T "
                              "at 1 and 2 threads; writes fastest.md into --output)")
+    parser.add_argument("--deploy", action="store_true",
+                        help="instead: ours in PyTorch against transformers' models and our exports in ONNX Runtime "
+                             "and OpenVINO (bench_deploy.py: SegFormer-B0/B2, MaskFormer R50 / Swin-T, the "
+                             "Segmenter-B/16 and SETR-L encoders at 1 and 2 threads; writes deploy.md into --output)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     parser.add_argument("--_json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -515,6 +520,12 @@ def main(argv=None):
 
         bench_fastest.main(["--repeats", str(args.repeats), "--size", str(args.size), "--output",
                             str(Path(args.output) / "fastest.md")])  # fmt: skip
+        return
+    if args.deploy:  # the deployment runtimes against transformers' models (both runtimes are optional extras)
+        import bench_deploy
+
+        bench_deploy.main(["--repeats", str(args.repeats), "--size", str(args.size), "--output",
+                           str(Path(args.output) / "deploy.md")])  # fmt: skip
         return
 
     if args._case:  # child process: one comparison
