@@ -8,9 +8,11 @@
 | `merged_decoder` | SegFormer's decoder with its fuse conv folded into per-stage matrices | SegFormer's decode head |
 
 Each gives the same numbers as PyTorch's own kernels up to float rounding, and each is used only where it can be
-(CPU inference, see the modules). All of them step aside by themselves while a graph is captured: under
+(CPU inference, see the modules). The kernels step aside by themselves while a graph is captured: under
 `torch.compile` (the compiler fuses by itself), `torch.export`, `torch.onnx.export` and TorchScript tracing /
-scripting, so exported graphs contain only standard operators.
+scripting, so exported graphs contain only standard operators. `merged_decoder` stays on: it is written in standard
+operators (per-stage matrices, upsampling, additions), and a runtime cannot find the folding by itself (an exported
+SegFormer without it runs the concatenation and the 1x1 fuse convolution at 1/4 resolution: ~1.5x the work of B0).
 
 Switches: `hf_segmodels.kernels.enabled["onednn"] = False` (one kernel), `with hf_segmodels.kernels.disabled(): ...`
 (all, or the ones named, for a block), or the environment variable `HF_SEGMODELS_FAST_KERNELS` read at import:
@@ -23,6 +25,8 @@ import os
 import torch
 
 KERNELS = ("onednn", "winograd", "folded_batch_norm", "merged_decoder")
+# Algebraic rewrites in standard operators, kept while a graph is captured.
+GRAPH_REWRITES = ("merged_decoder",)
 ENVIRONMENT_VARIABLE = "HF_SEGMODELS_FAST_KERNELS"
 
 
@@ -54,8 +58,9 @@ def capturing() -> bool:
 
 
 def active(name: str) -> bool:
-    """Whether the kernel `name` is switched on and no graph is being captured."""
-    return enabled[name] and not capturing()
+    """Whether the kernel `name` is switched on and, unless it is one of `GRAPH_REWRITES`, no graph is being
+    captured."""
+    return enabled[name] and (name in GRAPH_REWRITES or not capturing())
 
 
 @contextlib.contextmanager
@@ -73,4 +78,4 @@ def disabled(*names: str):
         enabled.update(previous)
 
 
-__all__ = ["ENVIRONMENT_VARIABLE", "KERNELS", "active", "capturing", "disabled", "enabled"]
+__all__ = ["ENVIRONMENT_VARIABLE", "GRAPH_REWRITES", "KERNELS", "active", "capturing", "disabled", "enabled"]

@@ -236,3 +236,42 @@ def test_registered_with_the_package():
     assert SegformerConfig.model_type == "segmodels_segformer"
     assert set(SEGFORMER_PRESETS) >= {"b0-ade-512", "b2-ade-512", "b5-ade-640", "b0-cityscapes-1024"}
 
+
+
+@pytest.mark.parametrize("decoder_type", ["original", "mmseg"])
+def test_exported_graph_keeps_the_merged_decoder(decoder_type, tmp_path):
+    """The merged decoder is standard operators and stays on while a graph is captured: the exported graph has no
+    concatenation of the stage maps and no 1x1 fuse convolution at 1/4 resolution, and it reproduces the model."""
+    onnx = pytest.importorskip("onnx", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
+    from hf_segmodels import kernels
+
+    torch.manual_seed(0)
+    model = SegformerForSemanticSegmentation(tiny.tiny_config("segformer", decoder_type=decoder_type)).eval()
+    pixel_values = torch.randn(1, 3, 64, 96)
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(pixel_values=x).logits
+
+    def exported_ops(path):
+        with torch.no_grad():
+            torch.onnx.export(Logits().eval(), (pixel_values,), str(path), dynamo=False, opset_version=17)
+        return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+    merged = exported_ops(tmp_path / "merged.onnx")
+    with kernels.disabled("merged_decoder"):
+        concatenated = exported_ops(tmp_path / "concat.onnx")
+        with torch.no_grad():
+            expected = model(pixel_values=pixel_values).logits
+    assert "Concat" in concatenated and concatenated.count("Conv") == merged.count("Conv") + 2  # fuse + classifier
+    with torch.no_grad():
+        traced = torch.jit.trace(Logits(), pixel_values, check_trace=False)
+        torch.testing.assert_close(traced(pixel_values), expected, atol=1e-5, rtol=0)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(tmp_path / "merged.onnx"), providers=["CPUExecutionProvider"])
+    obtained = session.run(None, {session.get_inputs()[0].name: pixel_values.numpy()})[0]
+    np.testing.assert_allclose(obtained, expected.numpy(), atol=1e-5, rtol=0)

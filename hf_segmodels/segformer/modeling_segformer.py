@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from ..kernels import active as kernel_active
+from ..kernels import active as kernel_active, capturing
 from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
@@ -393,8 +393,9 @@ class SegformerDecodeHead(nn.Module):
         """The per-stage merged weights and the common bias of `forward_merged`, cached while the parameters are
         unchanged and gradients are off (with gradients on they are recomputed, so gradients reach the parameters;
         under torch.compile too)."""
-        # Under torch.compile the folding is traced into the graph (the cache check would break it).
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        # While a graph is captured the folding is traced into it (the cache check would break torch.compile; an
+        # exporter records the folding of the weights, which runtimes fold into constants).
+        if torch.is_grad_enabled() or capturing():
             return self._compute_merged()
         state = self._parameter_state()
         if state is None:
@@ -412,7 +413,7 @@ class SegformerDecodeHead(nn.Module):
         size = feature_maps[0].shape[-2:]
         # Without autograd, every upsampled map is written into one reused buffer: fresh multi-megabyte allocations
         # cost page faults that take as long as the upsampling itself (a compiler plans its own buffers).
-        reuse_buffer = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        reuse_buffer = not torch.is_grad_enabled() and not capturing()
         fused = buffer = None
         for feature_map, (weight, stage_bias, block) in zip(feature_maps, stage_weights):
             tokens = map_to_tokens(feature_map)
