@@ -1,4 +1,4 @@
-"""A Linear layer through oneDNN with the activation fused, for CPU inference.
+"""A Linear layer and a convolution through oneDNN with the activation fused, for CPU inference.
 
 PyTorch runs `nn.Linear` on the CPU through MKL's sgemm, then the activation as a separate pass over the output.
 oneDNN's matrix product (the kernel `torch.compile`'s CPU backend uses, exposed eagerly as
@@ -10,6 +10,10 @@ the size of a different summation order). Used only where it can be: CPU float32
 PyTorch's kernels and their backward), no autocast, not while `torch.compile` traces (the compiler fuses by itself)
 nor while a graph is exported or traced. Switched off with the other fast kernels in
 `hf_segmodels.kernels` (`kernels.enabled["onednn"] = False`).
+
+`Conv2d` does the same for a convolution followed by its exact GELU (SegFormer's Mix-FFN depthwise 3x3 conv):
+PyTorch's CPU convolution is oneDNN's already, `torch.ops.mkldnn._convolution_pointwise` adds the GELU to its output
+loop instead of a second pass over a multi-megabyte map; chosen per shape under `fastest()` like the products.
 """
 
 import time
@@ -39,7 +43,7 @@ if _AVAILABLE and torch.ops.mkldnn._linear_pointwise not in flop_registry:
         return 2 * rows * weight_shape[0] * weight_shape[1]
 
 
-def usable(x: torch.Tensor, layer: nn.Linear) -> bool:
+def usable(x: torch.Tensor, layer: nn.Module) -> bool:
     """Whether `layer(x)` may run through oneDNN: enabled, CPU float32 inference outside autograd, autocast and
     graph capture (compile, export, tracing)."""
     return (
@@ -101,17 +105,25 @@ CLEAR_MARGIN = 0.85
 MIN_MEASURED_MACS = 1 << 22
 
 
-def onednn_is_faster(layer: "Linear", x: torch.Tensor) -> bool:
+def onednn_is_faster(layer: "Linear | Conv2d", x: torch.Tensor) -> bool:
     """Whether oneDNN computes `layer(x)` clearly faster (`CLEAR_MARGIN`) than PyTorch's kernels on this CPU, measured
-    once per product shape (and thread count) and remembered for the process; False unless `measuring` (the fastest
-    path) and for products under `MIN_MEASURED_MACS`."""
-    rows = x.numel() // x.shape[-1]
-    if not measuring or rows * layer.in_features * layer.out_features < MIN_MEASURED_MACS:
+    once per shape (and thread count) and remembered for the process; False unless `measuring` (the fastest path) and
+    for work under `MIN_MEASURED_MACS` multiply-adds."""
+    if not measuring:
         return False
-    key = (rows, layer.in_features, layer.out_features, layer.activation_name, torch.get_num_threads())
+    if isinstance(layer, Conv2d):
+        macs = x.numel() * layer.weight[0].numel() * layer.out_channels // layer.in_channels
+        key = ("conv", tuple(x.shape), tuple(layer.weight.shape), layer.stride, layer.padding, layer.groups,
+               layer.activation_name, torch.get_num_threads())  # fmt: skip
+    else:
+        rows = x.numel() // x.shape[-1]
+        macs = rows * layer.in_features * layer.out_features
+        key = (rows, layer.in_features, layer.out_features, layer.activation_name, torch.get_num_threads())
+    if macs < MIN_MEASURED_MACS:
+        return False
     if key not in _FASTER:
-        onednn_seconds = _timed(lambda: _onednn_forward(layer, x))
-        _FASTER[key] = onednn_seconds < CLEAR_MARGIN * _timed(lambda: _pytorch_forward(layer, x))
+        onednn_seconds = _timed(lambda: layer._onednn_forward(x))
+        _FASTER[key] = onednn_seconds < CLEAR_MARGIN * _timed(lambda: layer._pytorch_forward(x))
     return _FASTER[key]
 
 
@@ -131,6 +143,9 @@ class Linear(nn.Linear):
         self.activation_name = activation
         self.activation = ACT2FN[activation] if activation is not None else None
 
+    _onednn_forward = _onednn_forward
+    _pytorch_forward = _pytorch_forward
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if usable(x, self) and onednn_is_faster(self, x):
             return _onednn_forward(self, x)
@@ -141,4 +156,41 @@ class Linear(nn.Linear):
         return super().extra_repr() + activation
 
 
-__all__ = ["Linear", "choices", "measure_kernels", "onednn_is_faster", "usable"]
+_CONV_AVAILABLE = _AVAILABLE and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters, same state-dict keys) followed by an activation (`ACT2FN` name, or None): on the
+    oneDNN path (`usable`, an exact GELU, zero padding, measured faster for the shape on this CPU) the GELU is applied
+    in the convolution's output loop. Input (B, C_in, H, W) -> (B, C_out, H', W'), memory format kept."""
+
+    def __init__(self, *args, activation: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.activation_name = activation
+        self.activation = ACT2FN[activation] if activation is not None else None
+
+    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            "gelu", [], "none",
+        )  # fmt: skip
+
+    def _pytorch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self._conv_forward(x, self.weight, self.bias)
+        return output if self.activation is None else self.activation(output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fusable = (
+            _CONV_AVAILABLE and self.activation_name == "gelu" and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple) and x.dim() == 4
+        )  # fmt: skip
+        if fusable and usable(x, self) and onednn_is_faster(self, x):
+            return self._onednn_forward(x)
+        return self._pytorch_forward(x)
+
+    def extra_repr(self) -> str:
+        activation = f", activation={self.activation_name}" if self.activation_name is not None else ""
+        return super().extra_repr() + activation
+
+
+__all__ = ["Conv2d", "Linear", "choices", "measure_kernels", "onednn_is_faster", "usable"]

@@ -178,3 +178,40 @@ def test_the_faster_kernel_is_measured_once_per_shape(layer_and_inputs, monkeypa
     onednn._FASTER.pop(key, None)
     with torch.no_grad():
         assert not ran_onednn(lambda: layer(x)) and key not in onednn.choices()
+
+
+def test_depthwise_convolution_with_fused_gelu_equals_pytorch():
+    """`onednn.Conv2d(..., activation="gelu")` (SegFormer's Mix-FFN): on the oneDNN path the GELU is fused into the
+    depthwise conv, same numbers and memory format as PyTorch's conv + GELU; PyTorch's path with autograd, for other
+    activations and while a graph is traced. Same state-dict keys as `nn.Conv2d`."""
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(24, 24, 3, padding=1, groups=24)
+    layer = onednn.Conv2d(24, 24, 3, padding=1, groups=24, activation="gelu")
+    layer.load_state_dict(plain.state_dict())
+    assert list(layer.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 24, 9, 13).contiguous(memory_format=torch.channels_last)
+
+    def ran_fused(function) -> bool:
+        with OpRecorder() as recorder:
+            function()
+        return "mkldnn::_convolution_pointwise" in recorder.names
+
+    with torch.no_grad():
+        expected = F.gelu(plain(x))
+        assert ran_fused(lambda: layer(x))
+        fused = layer(x)
+        traced = torch.jit.trace(layer, x, check_trace=False)
+        assert "mkldnn" not in str(traced.inlined_graph)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(traced(x), expected, rtol=1e-5, atol=1e-5)
+    with torch.enable_grad():
+        leaf = x.clone().requires_grad_()
+        assert not ran_fused(lambda: layer(leaf))
+    relu = onednn.Conv2d(24, 24, 3, padding=1, groups=24, activation="relu")
+    relu.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert not ran_fused(lambda: relu(x))
+        torch.testing.assert_close(relu(x), F.relu(plain(x)), rtol=0, atol=0)
+        with kernels.disabled("onednn"):
+            assert not ran_fused(lambda: layer(x))

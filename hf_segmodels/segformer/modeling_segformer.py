@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
@@ -30,7 +29,7 @@ from ..kernels import active as kernel_active, capturing
 from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
-from ..onednn import Linear
+from ..onednn import Conv2d, Linear
 from .configuration_segformer import SegformerConfig
 
 
@@ -116,16 +115,16 @@ class MixFFN(nn.Module):
         hidden_size = config.hidden_sizes[stage]
         intermediate_size = int(hidden_size * config.mlp_ratios[stage])
         self.fc1 = Linear(hidden_size, intermediate_size)
-        self.dwconv = nn.Conv2d(intermediate_size, intermediate_size, 3, padding=1, groups=intermediate_size)
-        self.activation = ACT2FN[config.hidden_act]
+        # the activation follows the depthwise conv inside the conv module (fused on the fastest path)
+        self.dwconv = Conv2d(intermediate_size, intermediate_size, 3, padding=1, groups=intermediate_size,
+                             activation=config.hidden_act)  # fmt: skip
         self.fc2 = Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, N, C) tokens of an (h, w) map -> (B, N, C)."""
         hidden_states = map_to_tokens(self.dwconv(tokens_to_map(self.fc1(hidden_states), size)))
-        hidden_states = self.dropout(self.activation(hidden_states))
-        return self.dropout(self.fc2(hidden_states))
+        return self.dropout(self.fc2(self.dropout(hidden_states)))
 
 
 class SegformerLayer(GradientCheckpointingLayer):
@@ -415,10 +414,13 @@ class SegformerDecodeHead(nn.Module):
         # cost page faults that take as long as the upsampling itself (a compiler plans its own buffers).
         reuse_buffer = not torch.is_grad_enabled() and not capturing()
         fused = buffer = None
-        for feature_map, (weight, stage_bias, block) in zip(feature_maps, stage_weights):
+        last = len(stage_weights) - 1
+        for stage, (feature_map, (weight, stage_bias, block)) in enumerate(zip(feature_maps, stage_weights)):
             tokens = map_to_tokens(feature_map)
-            # The common bias rides on the first stage's matmul (it is at full 1/4 resolution, no upsampling).
-            common_bias = bias if fused is None else None
+            # The common bias rides on the last stage's matmul, the smallest (1/32 resolution): bilinear upsampling
+            # carries a constant through unchanged (its weights sum to one), and the first stage's large product
+            # then needs no bias (PyTorch's addmm writes a broadcast bias over its output before the product).
+            common_bias = bias if stage == last else None
             if block is None:
                 tokens = F.linear(tokens, weight, common_bias)
             else:
