@@ -232,7 +232,10 @@ class ViTEmbeddings(nn.Module):
             tokens = torch.cat([*extra, tokens], dim=1)
         position_embeddings = self.position_embeddings
         # As Segmenter and mmsegmentation do: resize only when the token count differs from the training grid's.
-        if tokens.shape[1] != position_embeddings.shape[1]:
+        # torch.export (dynamic shapes) would keep the branch taken at the example size as an assertion on the input
+        # size, so the resize is always in an exported graph: at the training grid it returns the embeddings
+        # unchanged (bilinear / bicubic at scale 1 weigh one source position by exactly 1).
+        if torch.compiler.is_exporting() or tokens.shape[1] != position_embeddings.shape[1]:
             position_embeddings = resize_position_embeddings(
                 position_embeddings, self.num_extra_tokens, self.grid_size, grid, self.interpolation
             )
