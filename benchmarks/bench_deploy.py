@@ -22,7 +22,7 @@ scripts with IDENTICAL weights):
 Rows, per case and thread count: ours in PyTorch (plain `model(...)` under `torch.no_grad()`), ours through
 `hf_segmodels.fastest(model)`, transformers' model exported with the TorchScript-based `torch.onnx.export`
 (`dynamo=False`, opset 17; the dynamo exporter if that fails, the table says which) in ONNX Runtime and in OpenVINO
-(fp32: `INFERENCE_PRECISION_HINT=f32`), and our export (`hf_segmodels.export.export_model`; for the encoders the
+(fp32: `INFERENCE_PRECISION_HINT=f32`), and our export (`hf_segmodels.export.export_model(..., dynamic=False)`: the dynamo exporter, static shape; for the encoders the
 same `torch.onnx.export` of a wrapper of our encoder) in both runtimes. ONNX Runtime and OpenVINO are optional
 (`pip install hf-segmodels[deploy]`): a missing runtime's rows are left out.
 
@@ -154,8 +154,10 @@ def exports(name: str, size: int, folder: Path, case: dict, formats: list[str]) 
         ours_paths = {}
         if isinstance(case["ours_module"], _Outputs):  # the whole model: the package's export entry point
             for format in formats:
+                # Static graphs, as the transformers rows: OpenVINO runs a dynamic-shape graph slower (SegFormer-B0
+                # at 512, one thread: 350 ms against 274 ms static; ONNX Runtime: 291 against 297 ms).
                 config = export_model(case["ours"], folder / f"{name}-{size}-ours-{format}", format, height=size,
-                                      width=size, verify_export=False)  # fmt: skip
+                                      width=size, dynamic=False, verify_export=False)  # fmt: skip
                 ours_paths[format] = str(folder / f"{name}-{size}-ours-{format}" / config["file"])
         else:  # the encoder alone: the same exporter on a wrapper of it; OpenVINO reads that ONNX graph
             path = folder / f"{name}-{size}-ours.onnx"

@@ -191,6 +191,10 @@ def resize_position_embeddings(
 
 def pad_to_multiple(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pads (B, C, H, W) at the bottom and right up to multiples of `multiple`."""
+    if torch.compiler.is_exporting():
+        # torch.export (dynamic shapes) cannot reason about a symbolic pad to the multiple; a pad of `multiple - 1`
+        # gives the patch embedding (kernel = stride = multiple, which floors) the same ceil(H / multiple) windows.
+        return F.pad(pixel_values, (0, multiple - 1, 0, multiple - 1))
     height, width = pixel_values.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h or pad_w:
@@ -223,7 +227,9 @@ class ViTEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H, W) with H, W multiples of the patch size -> tokens (B, extra + h * w, hidden) and (h, w)."""
+        """(B, C, H, W) with H, W multiples of the patch size (while exporting: padded by patch_size - 1, which the
+        flooring patch conv reads as the same ceil(H / patch) windows) -> tokens (B, extra + h * w, hidden) and
+        (h, w)."""
         patches = self.patch_embeddings(pixel_values)
         grid = (patches.shape[-2], patches.shape[-1])
         tokens = patches.flatten(2).transpose(1, 2)
@@ -232,7 +238,10 @@ class ViTEmbeddings(nn.Module):
             tokens = torch.cat([*extra, tokens], dim=1)
         position_embeddings = self.position_embeddings
         # As Segmenter and mmsegmentation do: resize only when the token count differs from the training grid's.
-        if tokens.shape[1] != position_embeddings.shape[1]:
+        # torch.export (dynamic shapes) would keep the branch taken at the example size as an assertion on the input
+        # size, so the resize is always in an exported graph: at the training grid it returns the embeddings
+        # unchanged (bilinear / bicubic at scale 1 weigh one source position by exactly 1).
+        if torch.compiler.is_exporting() or tokens.shape[1] != position_embeddings.shape[1]:
             position_embeddings = resize_position_embeddings(
                 position_embeddings, self.num_extra_tokens, self.grid_size, grid, self.interpolation
             )

@@ -349,7 +349,9 @@ class SegformerDecodeHead(nn.Module):
         projected = [None] * self.num_stages
         for stage, (feature_map, mlp) in enumerate(zip(feature_maps, self.linear_c)):
             stage_map = mlp(feature_map)
-            if stage_map.shape[-2:] != size:
+            # Under torch.export (dynamic shapes) every later stage is resized: the size comparison would become an
+            # assertion on the input size (resizing to the same size returns the map unchanged).
+            if (stage > 0 and torch.compiler.is_exporting()) or stage_map.shape[-2:] != size:
                 stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
             projected[self._concat_position(stage)] = stage_map
         hidden_states = self.activation(self.batch_norm(self.linear_fuse(torch.cat(projected, dim=1))))
