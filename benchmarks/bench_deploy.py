@@ -22,8 +22,9 @@ scripts with IDENTICAL weights):
 Rows, per case and thread count: ours in PyTorch (plain `model(...)` under `torch.no_grad()`), ours through
 `hf_segmodels.fastest(model)`, transformers' model exported with the TorchScript-based `torch.onnx.export`
 (`dynamo=False`, opset 17; the dynamo exporter if that fails, the table says which) in ONNX Runtime and in OpenVINO
-(fp32: `INFERENCE_PRECISION_HINT=f32`), and our export (`hf_segmodels.export.export_model(..., dynamic=False)`: the dynamo exporter, static shape; for the encoders the
-same `torch.onnx.export` of a wrapper of our encoder) in both runtimes. ONNX Runtime and OpenVINO are optional
+(fp32: `INFERENCE_PRECISION_HINT=f32`), and our export (`hf_segmodels.export.export_model(..., dynamic=False)`:
+the dynamo exporter, static shape; for the encoders the same `torch.onnx.export` of a wrapper of our encoder) in both
+runtimes. ONNX Runtime and OpenVINO are optional
 (`pip install hf-segmodels[deploy]`): a missing runtime's rows are left out.
 
 Timing (`benchmarks/timing.py`): every (case, thread count) runs in its own process; medians of `--repeats`

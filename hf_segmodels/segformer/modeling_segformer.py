@@ -428,10 +428,11 @@ class SegformerDecodeHead(nn.Module):
             else:
                 tokens = F.linear(F.relu(F.linear(tokens, weight, stage_bias)), block, common_bias)
             stage_map = tokens_to_map(tokens, feature_map.shape[-2:])
-            if stage_map.shape[-2:] != size and reuse_buffer and fused is not None:
+            if reuse_buffer and fused is not None and stage_map.shape[-2:] != size:
                 buffer = torch.empty_like(fused) if buffer is None else buffer
                 stage_map = torch.ops.aten.upsample_bilinear2d.out(stage_map, list(size), False, None, None, out=buffer)
-            elif stage_map.shape[-2:] != size:
+            elif (stage > 0 and torch.compiler.is_exporting()) or stage_map.shape[-2:] != size:
+                # (under torch.export every later stage is resized, as in `forward_concat`)
                 stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
             fused = stage_map if fused is None else fused.add_(stage_map)
         # `fused` is the first stage's fresh (B, h * w, width) matmul output seen as a map, so this is a view.
