@@ -155,8 +155,7 @@ def exports(name: str, size: int, folder: Path, case: dict, formats: list[str]) 
         ours_paths = {}
         if isinstance(case["ours_module"], _Outputs):  # the whole model: the package's export entry point
             for format in formats:
-                # Static graphs, as the transformers rows: OpenVINO runs a dynamic-shape graph slower (SegFormer-B0
-                # at 512, one thread: 350 ms against 274 ms static; ONNX Runtime: 291 against 297 ms).
+                # Static graphs, as the transformers rows: OpenVINO runs a dynamic-shape graph slower (deploy.md).
                 config = export_model(case["ours"], folder / f"{name}-{size}-ours-{format}", format, height=size,
                                       width=size, dynamic=False, verify_export=False)  # fmt: skip
                 ours_paths[format] = str(folder / f"{name}-{size}-ours-{format}" / config["file"])

@@ -28,9 +28,9 @@ symbolic modulo that torch.export cannot bound). transformers' Swin chooses its 
 in Python from the map size; `torch.export` turns those choices into assertions on the input size (and takes minutes
 on a tiny Swin), so MaskFormer-Swin graphs fix height and width and keep the batch dynamic. A size the rule refuses
 raises a `ValueError` that names the rule, at export time and in `run_exported` (which reads `export_config.json`).
-Runtimes can run a dynamic graph slower than a static one: OpenVINO ran SegFormer-B0 at 512 x 512 on one thread in
-350 ms dynamic, 274 ms static (ONNX Runtime: 291 / 297 ms); `--static`, or OpenVINO's `model.reshape([1, 3, 512,
-512])` before `compile_model`, gives the static speed for a fixed deployment size.
+Runtimes can run a dynamic graph slower than a static one (OpenVINO notably: `benchmarks/results/deploy.md`);
+`--static`, or OpenVINO's `model.reshape([1, 3, 512, 512])` before `compile_model`, gives the static speed for a fixed
+deployment size.
 
 `--static` (`dynamic=False`) exports ONE shape, (batch_size, 3, height, width), with any size the model accepts. The
 default export size is the checkpoint's sliding window (what its test protocol runs every window at), else the
