@@ -199,24 +199,18 @@ def test_a_failing_dynamo_export_falls_back_to_a_static_torchscript_export_with_
 def test_fast_kernels_step_aside_while_graphs_are_captured(name):
     model = tiny_model(name)
     pixel_values = torch.randn(1, 3, 64, 64)
-
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(pixel_values=x).logits
+    logits = export._Outputs(model, ("logits",)).eval()  # (pixel_values -> (logits,))
 
     assert all(kernels.enabled.values())
     with torch.no_grad():
-        traced = torch.jit.trace(Logits(), pixel_values, check_trace=False)
+        traced = torch.jit.trace(logits, pixel_values, check_trace=False)
         assert "mkldnn" not in str(traced.inlined_graph)
-        torch.testing.assert_close(traced(pixel_values), model(pixel_values=pixel_values).logits, atol=1e-4, rtol=0)
-        exported = torch.export.export(Logits(), (pixel_values,))
+        torch.testing.assert_close(traced(pixel_values)[0], model(pixel_values=pixel_values).logits, atol=1e-4,
+                                   rtol=0)
+        exported = torch.export.export(logits, (pixel_values,))
     assert not [node for node in exported.graph.nodes if "mkldnn" in str(node.target)]
     with torch.no_grad():
-        torch.testing.assert_close(exported.module()(pixel_values), model(pixel_values=pixel_values).logits,
+        torch.testing.assert_close(exported.module()(pixel_values)[0], model(pixel_values=pixel_values).logits,
                                    atol=1e-4, rtol=0)
 
 

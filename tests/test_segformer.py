@@ -244,22 +244,16 @@ def test_exported_graph_keeps_the_merged_decoder(decoder_type, tmp_path):
     concatenation of the stage maps and no 1x1 fuse convolution at 1/4 resolution, and it reproduces the model."""
     onnx = pytest.importorskip("onnx", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
     from hf_segmodels import kernels
+    from hf_segmodels.export import _Outputs
 
     torch.manual_seed(0)
     model = SegformerForSemanticSegmentation(tiny.tiny_config("segformer", decoder_type=decoder_type)).eval()
     pixel_values = torch.randn(1, 3, 64, 96)
-
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(pixel_values=x).logits
+    logits = _Outputs(model, ("logits",)).eval()  # (pixel_values -> (logits,)), the export entry point's wrapper
 
     def exported_ops(path):
         with torch.no_grad():
-            torch.onnx.export(Logits().eval(), (pixel_values,), str(path), dynamo=False, opset_version=17)
+            torch.onnx.export(logits, (pixel_values,), str(path), dynamo=False, opset_version=17)
         return [node.op_type for node in onnx.load(str(path)).graph.node]
 
     merged = exported_ops(tmp_path / "merged.onnx")
@@ -269,8 +263,8 @@ def test_exported_graph_keeps_the_merged_decoder(decoder_type, tmp_path):
             expected = model(pixel_values=pixel_values).logits
     assert "Concat" in concatenated and concatenated.count("Conv") == merged.count("Conv") + 2  # fuse + classifier
     with torch.no_grad():
-        traced = torch.jit.trace(Logits(), pixel_values, check_trace=False)
-        torch.testing.assert_close(traced(pixel_values), expected, atol=1e-5, rtol=0)
+        traced = torch.jit.trace(logits, pixel_values, check_trace=False)
+        torch.testing.assert_close(traced(pixel_values)[0], expected, atol=1e-5, rtol=0)
     onnxruntime = pytest.importorskip("onnxruntime")
     session = onnxruntime.InferenceSession(str(tmp_path / "merged.onnx"), providers=["CPUExecutionProvider"])
     obtained = session.run(None, {session.get_inputs()[0].name: pixel_values.numpy()})[0]
