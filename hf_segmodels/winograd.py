@@ -28,12 +28,15 @@ _G = (
     (0.0, 0.0, 1.0),
 )
 
-# Below these sizes the transforms cost more than they save (measured on CPU).
-MIN_CHANNELS = 64
-MIN_PIXELS = 64 * 64
+# Below these sizes the transforms cost more than they save (measured on CPU, one thread, square maps: 64 channels
+# lose at every size; 128-256 channels break even or win from 64 tiles on, 512 channels only from 256 tiles): at least
+# MIN_CHANNELS input and output channels, MIN_TILES 4x4 output tiles, and a tile per CHANNELS_PER_TILE input channels.
+MIN_CHANNELS = 96
+MIN_TILES = 64
+CHANNELS_PER_TILE = 4
 # Output tiles per band (see `conv3x3`): bounds the extra memory (~100 floats per tile and channel, a few MB for
 # 256 channels), measured no higher than the direct convolution's peak and faster than it.
-BAND_TILES = 128
+BAND_TILES = 256
 
 
 def _input_transform(d: list[torch.Tensor], out: list[torch.Tensor]) -> None:
@@ -106,7 +109,12 @@ def conv3x3(
     out_channels = weight.shape[0]
     tiles_h, tiles_w = -(-height // 4), -(-width // 4)
     # zero padding: 1 before (the convolution's), and after up to whole 6x6 tiles with stride 4 (+2 spare columns)
-    padded = F.pad(x, (1, 4 * tiles_w + 3 - width, 1, 4 * tiles_h + 1 - height))
+    padded = x.new_empty(batch, channels, 4 * tiles_h + 2, 4 * tiles_w + 4)
+    padded[:, :, 1 : height + 1, 1 : width + 1] = x  # (only the margins are zeroed: no pass over the whole map)
+    padded[:, :, :1].zero_()
+    padded[:, :, height + 1 :].zero_()
+    padded[:, :, 1 : height + 1, :1].zero_()
+    padded[:, :, 1 : height + 1, width + 1 :].zero_()
     filters = transform_filters(weight).unsqueeze(1)
     output = x.new_empty(batch, out_channels, 4 * tiles_h, 4 * tiles_w)
     rows_per_band = max(1, (band_tiles or BAND_TILES) // (batch * tiles_w))
@@ -122,7 +130,8 @@ def conv3x3(
 def worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a stride-1, padding-1 convolution of `x` (B, C, H, W) with `weight` (K, C, 3, 3) should run through
     `conv3x3`: enabled, inference (no autograd) on CPU in float32, and a map and channel counts large enough for the
-    transforms to pay off (measured: from 64 channels and 64x64 pixels on)."""
+    transforms to pay off (`MIN_CHANNELS`, `MIN_TILES`, `CHANNELS_PER_TILE`)."""
+    tiles = -(-x.shape[-2] // 4) * -(-x.shape[-1] // 4) if x.dim() == 4 else 0
     return (
         kernel_active("winograd")
         and x.device.type == "cpu"
@@ -132,7 +141,7 @@ def worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and tuple(weight.shape[-2:]) == (3, 3)
         and weight.shape[1] == x.shape[1]
         and min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS
-        and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
+        and tiles >= max(MIN_TILES, weight.shape[1] / CHANNELS_PER_TILE)
     )
 
 

@@ -197,6 +197,30 @@ def test_folded_resnet_equals_transformers_backbone(layer_type):
     assert all(torch.equal(state[name], tensor) for name, tensor in backbone.state_dict().items())
 
 
+def test_folded_resnet_runs_wide_convolutions_through_winograd(monkeypatch):
+    """A stage wide enough (128 channels at 32x32) takes the Winograd path for its stride-1 3x3 convolutions (BatchNorm
+    folded in first); the stem runs channels-last for the max-pool. Same maps as transformers' backbone."""
+    from hf_segmodels.maskformer import backbones
+
+    torch.manual_seed(0)
+    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
+    backbone = ResNetBackbone(config)
+    randomize_batch_norms(backbone)
+    backbone.eval()
+    calls = []
+    original = backbones.winograd_conv3x3
+    monkeypatch.setattr(backbones, "winograd_conv3x3", lambda x, *args: calls.append(x.shape) or original(x, *args))
+    pixel_values = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = backbone(pixel_values).feature_maps
+        folded = folded_resnet_feature_maps(backbone, pixel_values)
+    # stage 2: the second conv of its first block (the first has stride 2) and both convs of the second block
+    assert calls == [(1, 128, 32, 32)] * 3
+    for ours, theirs in zip(folded, expected, strict=True):
+        assert ours.is_contiguous()
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
 def test_folded_resnet_only_with_running_statistics():
     torch.manual_seed(0)
     backbone = ResNetBackbone(tiny_maskformer_backbone(depths=[1, 1, 1, 1]))

@@ -33,16 +33,20 @@ def as_winograd(conv: torch.nn.Conv2d) -> winograd.Conv2d:
 
 
 def test_winograd_is_used_only_where_it_pays_off():
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
-    big, small = torch.randn(1, 64, 64, 64), torch.randn(1, 64, 16, 16)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
+    big, small = torch.randn(1, 128, 32, 32), torch.randn(1, 128, 28, 28)
     with torch.no_grad():
-        assert winograd.worthwhile(big, conv.weight)
-        assert not winograd.worthwhile(small, conv.weight)  # too few pixels
+        assert winograd.worthwhile(big, conv.weight)  # 64 tiles of 4x4
+        assert not winograd.worthwhile(small, conv.weight)  # too few tiles (49)
         assert not winograd.worthwhile(big.double(), conv.weight.double())
-        assert not winograd.worthwhile(big[:, :32], torch.nn.Conv2d(32, 64, 3).weight)  # too few channels
+        assert not winograd.worthwhile(big[:, :64], torch.nn.Conv2d(64, 128, 3).weight)  # too few channels
+        assert not winograd.worthwhile(big, torch.nn.Conv2d(128, 64, 3).weight)  # too few output channels
+        wide = torch.nn.Conv2d(512, 512, 3).weight
+        assert not winograd.worthwhile(torch.randn(1, 512, 32, 32), wide)  # 64 tiles: too few for 512 channels
+        assert winograd.worthwhile(torch.randn(1, 512, 64, 64), wide)  # 256 tiles
     assert not winograd.worthwhile(big, conv.weight)  # autograd: training keeps PyTorch's kernels
     with torch.no_grad():
-        strided = torch.nn.Conv2d(64, 64, 3, padding=1, stride=2)
+        strided = torch.nn.Conv2d(128, 128, 3, padding=1, stride=2)
         torch.testing.assert_close(as_winograd(strided)(big), strided(big), rtol=0, atol=0)
         try:
             kernels.enabled["winograd"] = False
@@ -53,11 +57,11 @@ def test_winograd_is_used_only_where_it_pays_off():
 
 
 def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
-    """A pixel decoder wide enough (64 channels, 64x64 masks) to take the Winograd path in every 3x3 convolution at
-    1/4 resolution, the folded mask projection included: same outputs as with PyTorch's convolutions."""
+    """A pixel decoder wide enough (96 channels, 64x64 masks) to take the Winograd path in its 3x3 convolutions at
+    1/8 and 1/4 resolution, the folded mask projection included: same outputs as with PyTorch's convolutions."""
     torch.manual_seed(0)
-    config = tiny_config("maskformer", NUM_LABELS, decoder_config=tiny_maskformer_decoder(num_queries=64),
-                         fpn_feature_size=64, mask_feature_size=64)  # fmt: skip
+    config = tiny_config("maskformer", NUM_LABELS, decoder_config=tiny_maskformer_decoder(num_queries=96),
+                         fpn_feature_size=96, mask_feature_size=96)  # fmt: skip
     model = MaskFormerForUniversalSegmentation(config).eval()
     pixel_values = torch.randn(1, 3, 256, 256)
     calls = []
@@ -67,17 +71,18 @@ def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
     monkeypatch.setattr("hf_segmodels.maskformer.modeling_maskformer.winograd_conv3x3", counting)
     with torch.no_grad():
         fast = model(pixel_values=pixel_values)
-        assert len(calls) == 2  # the 1/4 output conv and the mask projection
+        # the output convs at 1/8 (32x32: 64 tiles) and 1/4, and the mask projection; not 1/16 (16 tiles)
+        assert [shape[-1] for shape in calls] == [32, 64, 64]
         monkeypatch.setitem(kernels.enabled, "winograd", False)
         direct = model(pixel_values=pixel_values)
-    assert len(calls) == 2
+    assert len(calls) == 3
     torch.testing.assert_close(fast.masks_queries_logits, direct.masks_queries_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast.logits, direct.logits, rtol=1e-4, atol=1e-5)
 
 
 def test_winograd_convolution_compiles_and_steps_aside_under_compile():
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
-    x = torch.randn(1, 64, 64, 64)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
+    x = torch.randn(1, 128, 32, 32)
     with torch.no_grad():
         assert winograd.worthwhile(x, conv.weight)
         # the transform itself is traceable ...

@@ -201,7 +201,13 @@ class MaskFormerPixelDecoder(nn.Module):
         fpn_outputs = (hidden_states,)
         for lateral_conv, output_conv, feature in zip(self.lateral_convs, self.output_convs, features[-2::-1]):
             lateral = lateral_conv(feature)
-            hidden_states = lateral.add_(F.interpolate(hidden_states, size=lateral.shape[-2:], mode="nearest"))
+            batch, channels, height, width = hidden_states.shape
+            if lateral.shape[-2:] == (2 * height, 2 * width) and lateral.is_contiguous() and not capturing():
+                # nearest 2x upsampling (output row i reads row i // 2) added as a broadcast: no upsampled copy
+                lateral.view(batch, channels, height, 2, width, 2).add_(hidden_states[:, :, :, None, :, None])
+                hidden_states = lateral
+            else:
+                hidden_states = lateral.add_(F.interpolate(hidden_states, size=lateral.shape[-2:], mode="nearest"))
             hidden_states = output_conv(hidden_states)
             fpn_outputs += (hidden_states,)
         return fpn_outputs, memory
