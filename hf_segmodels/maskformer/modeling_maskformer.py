@@ -202,7 +202,8 @@ class MaskFormerPixelDecoder(nn.Module):
         for lateral_conv, output_conv, feature in zip(self.lateral_convs, self.output_convs, features[-2::-1]):
             lateral = lateral_conv(feature)
             batch, channels, height, width = hidden_states.shape
-            if lateral.shape[-2:] == (2 * height, 2 * width) and lateral.is_contiguous() and not capturing():
+            # (capturing first: under a dynamic export the size comparison would become a guard on the input size)
+            if not capturing() and lateral.shape[-2:] == (2 * height, 2 * width) and lateral.is_contiguous():
                 # nearest 2x upsampling (output row i reads row i // 2) added as a broadcast: no upsampled copy
                 lateral.view(batch, channels, height, 2, width, 2).add_(hidden_states[:, :, :, None, :, None])
                 hidden_states = lateral
