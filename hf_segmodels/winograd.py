@@ -28,14 +28,17 @@ _G = (
     (0.0, 0.0, 1.0),
 )
 
-# Below these sizes the transforms cost more than they save (measured on CPU, one thread, square maps: 64 channels
-# lose at every size; 128-256 channels break even or win from 64 tiles on, 512 channels only from 256 tiles): at least
-# MIN_CHANNELS input and output channels, MIN_TILES 4x4 output tiles, and a tile per CHANNELS_PER_TILE input channels.
+# Below these sizes the transforms cost more than they save (measured on CPU, one thread, plain eager inference: 64
+# channels lose at every size; 128-256 channels break even or win from 64 tiles on (1.35-1.45x at 256 channels),
+# 512 channels from 128 tiles (1.27x; 1.00x at 64 tiles), 1024 channels 1.18x at 64 tiles; with the fastest path's
+# allocator settings the wide ones win by more): at least MIN_CHANNELS input and output channels, MIN_TILES 4x4
+# output tiles, and a tile per CHANNELS_PER_TILE input channels.
 MIN_CHANNELS = 96
 MIN_TILES = 64
 CHANNELS_PER_TILE = 4
-# Output tiles per band (see `conv3x3`): bounds the extra memory (~100 floats per tile and channel, a few MB for
-# 256 channels), measured no higher than the direct convolution's peak and faster than it.
+# Output tiles per band (see `conv3x3`): bounds the extra memory to one band's transformed inputs and products (~80
+# floats per tile and channel: about 20 MB at 256 channels, freed after the band); measured faster than bands of 64 or
+# 128 tiles on 128-256 channel maps (fewer, larger matrix products).
 BAND_TILES = 256
 
 

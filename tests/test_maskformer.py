@@ -192,6 +192,28 @@ def test_folded_mask_projection_equals_per_pixel_embeddings():
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_fpn_broadcast_upsampling_equals_nearest_interpolation(monkeypatch):
+    """The FPN adds the coarser map to a lateral exactly twice its size as a broadcast (no upsampled copy); with a
+    graph capture (or odd sizes) it interpolates. Same values bit for bit, and the same gradients, batch > 1."""
+    from hf_segmodels.maskformer import modeling_maskformer
+
+    torch.manual_seed(0)
+    model = MaskFormerForUniversalSegmentation(tiny_config())
+    features = [f.detach().requires_grad_() for f in model.backbone(torch.randn(2, 3, 64, 96)).feature_maps]
+    results = []
+    for capture in (False, True):
+        monkeypatch.setattr(modeling_maskformer, "capturing", lambda capture=capture: capture)
+        outputs, _ = model.pixel_decoder.fpn(features)
+        gradients = torch.autograd.grad(sum((o * torch.randn_like(o, generator=torch.Generator().manual_seed(i))).sum()
+                                            for i, o in enumerate(outputs)), features)  # fmt: skip
+        results.append((outputs, gradients))
+    (broadcast, broadcast_gradients), (interpolated, interpolated_gradients) = results
+    assert len(broadcast) == 4 and [o.shape[-2:] for o in broadcast][-1] == (16, 24)
+    assert all(torch.equal(a, b) for a, b in zip(broadcast, interpolated, strict=True))
+    for a, b in zip(broadcast_gradients, interpolated_gradients, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # (sums over each 2x2 block in another order)
+
+
 def test_decoder_attentions_and_hidden_states():
     torch.manual_seed(0)
     model = MaskFormerForUniversalSegmentation(tiny_config()).eval()

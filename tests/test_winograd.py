@@ -1,5 +1,7 @@
 """Winograd F(4x4, 3x3) convolution: equal to F.conv2d up to float rounding, used only where it pays off."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,17 +13,38 @@ from hf_segmodels import MaskFormerForUniversalSegmentation, kernels, winograd
 @pytest.mark.parametrize("shape", [(1, 8, 5, 16, 16), (2, 16, 24, 13, 22), (1, 64, 100, 64, 64), (3, 32, 32, 7, 9),
                                    (1, 4, 4, 1, 1), (1, 4, 4, 4, 4)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_conv3x3_equals_conv2d(shape, with_bias):
+@pytest.mark.parametrize("band_tiles", [None, 16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_conv3x3_equals_conv2d(shape, with_bias, band_tiles, layout):
     batch, channels, out_channels, height, width = shape
     generator = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(batch, channels, height, width, generator=generator)
     weight = torch.randn(out_channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)
     bias = torch.randn(out_channels, generator=generator) if with_bias else None
     expected = F.conv2d(x, weight, bias, padding=1)
-    actual = winograd.conv3x3(x, weight, bias)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.cat([x, x], dim=-1)[..., :width]  # a view whose rows are twice as long
+    # uninitialised memory filled with NaN: a padding cell left unzeroed would show in the result
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    with _deterministic():
+        actual = winograd.conv3x3(x, weight, bias, band_tiles=band_tiles)
     assert actual.shape == expected.shape and actual.is_contiguous()
     scale = expected.abs().max()
     torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=2e-5)
+
+
+@contextlib.contextmanager
+def _deterministic():
+    """`torch.use_deterministic_algorithms(True)`, which fills `torch.empty` tensors with NaN
+    (`torch.utils.deterministic.fill_uninitialized_memory`)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def as_winograd(conv: torch.nn.Conv2d) -> winograd.Conv2d:
@@ -43,7 +66,7 @@ def test_winograd_is_used_only_where_it_pays_off():
         assert not winograd.worthwhile(big, torch.nn.Conv2d(128, 64, 3).weight)  # too few output channels
         wide = torch.nn.Conv2d(512, 512, 3).weight
         assert not winograd.worthwhile(torch.randn(1, 512, 32, 32), wide)  # 64 tiles: too few for 512 channels
-        assert winograd.worthwhile(torch.randn(1, 512, 64, 64), wide)  # 256 tiles
+        assert winograd.worthwhile(torch.randn(1, 512, 32, 64), wide)  # 128 tiles
     assert not winograd.worthwhile(big, conv.weight)  # autograd: training keeps PyTorch's kernels
     with torch.no_grad():
         strided = torch.nn.Conv2d(128, 128, 3, padding=1, stride=2)

@@ -229,7 +229,11 @@ class MaskFormerPixelDecoder(nn.Module):
         padding = self.mask_projection.padding
         # (Q, C, 3, 3) filters: Winograd at CPU inference (see winograd.py), else oneDNN, which is measured faster
         # with a multiple of 32 output channels than with 100 (zero embeddings pad, cropped below)
-        winograd_path = padding == (1, 1) and winograd_worthwhile(fpn_output, self.mask_projection.weight[:num_masks])
+        winograd_path = (
+            padding == (1, 1)
+            and winograd_worthwhile(fpn_output, self.mask_projection.weight[:num_masks])
+            and not (torch.is_grad_enabled() and mask_embeddings.requires_grad)  # (the folded weights need autograd)
+        )
         if not winograd_path and fpn_output.device.type == "cpu" and num_masks % 32:
             mask_embeddings = F.pad(mask_embeddings, (0, 0, 0, -num_masks % 32))
         weights = torch.einsum("bqm,mckl->bqckl", mask_embeddings, self.mask_projection.weight)
