@@ -86,7 +86,9 @@ def export(model, architecture: str, pixel_values: torch.Tensor, path: Path) -> 
         return "torchscript"
 
 
-def run_case(case: str, threads: list[int], repeats: int, size: int, with_compile: bool = False) -> list[dict]:
+def run_case(
+    case: str, threads: list[int], repeats: int, size: int, with_compile: bool = False, freezing: bool = False
+) -> list[dict]:
     import onnxruntime as ort
 
     import hf_segmodels
@@ -122,6 +124,10 @@ def run_case(case: str, threads: list[int], repeats: int, size: int, with_compil
             functions = {"ours": lambda: fast(pixel_values=pixel_values), "ort": lambda: session.run(None, inputs)}
             compile_s = None
             if with_compile:  # torch.compile (inductor), the alternative a PyTorch user would try
+                # freezing: parameters become constants, convolution / linear weights pre-packed for oneDNN
+                from torch._inductor import config as inductor_config
+
+                inductor_config.freezing = freezing
                 compiled = torch.compile(logits_module(model))
                 start = time.perf_counter()
                 with torch.inference_mode():
@@ -159,15 +165,19 @@ def main(argv=None):
     parser.add_argument("--output", help="Markdown table to write (e.g. benchmarks/results/fastest.md).")
     parser.add_argument("--with_compile", nargs="*", default=[], choices=list(CASES),
                         help="cases that also time torch.compile(model) (inductor): compile time and steady state")
+    parser.add_argument("--compile_freezing", action="store_true",
+                        help="compile with inductor's freezing (constant weights, pre-packed for oneDNN)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._case:
-        run_case(args._case, args.threads, args.repeats, args.size, with_compile=args._case in args.with_compile)
+        run_case(args._case, args.threads, args.repeats, args.size, with_compile=args._case in args.with_compile,
+                 freezing=args.compile_freezing)  # fmt: skip
         return
     rows = []
     for case in args.cases:
         command = [sys.executable, __file__, "--_case", case, "--repeats", str(args.repeats), "--size",
-                   str(args.size), "--threads", *map(str, args.threads), "--with_compile", *args.with_compile]  # fmt: skip
+                   str(args.size), "--threads", *map(str, args.threads), "--with_compile", *args.with_compile,
+                   *(["--compile_freezing"] if args.compile_freezing else [])]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         case_rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not case_rows:
@@ -180,7 +190,8 @@ def main(argv=None):
     lines = [
         "# Our fastest CPU path vs ONNX Runtime on our own exported graph",
         "",
-        f"`python benchmarks/bench_fastest.py --repeats {args.repeats}` (torch {torch.__version__}, "
+        f"`python {' '.join(['benchmarks/bench_fastest.py', *(argv if argv is not None else sys.argv[1:])])}` "
+        f"(torch {torch.__version__}, ORT sessions without spinning workers, "
         f"{os.cpu_count()} CPUs, {args.size}x{args.size}, batch 1, 150 classes, random weights of the release's "
         "size; 1 thread: process CPU time, 2 threads: wall time; medians of interleaved runs). Ratio = ORT / ours "
         f"(> 1: ours faster); target >= {TARGET}.",
@@ -198,7 +209,8 @@ def main(argv=None):
         )
     compiled = [row for row in rows if row.get("compiled_ms") is not None]
     if compiled:
-        lines += ["", "torch.compile (inductor, default settings) of the same model, in the same loop:", "",
+        settings = "freezing: constant weights pre-packed for oneDNN" if args.compile_freezing else "default settings"
+        lines += ["", f"torch.compile (inductor, {settings}) of the same model, in the same loop:", "",
                   "| model | threads | compile (first call) s | compiled ms | ours ms |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {row['case']} | {row['threads']} | {row['compile_s']:.0f} | {row['compiled_ms']:.0f} | "
                   f"{row['ours_ms']:.0f} |" for row in compiled]
