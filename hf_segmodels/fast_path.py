@@ -6,17 +6,22 @@ or OpenVINO on the exported graph):
 
 - eager PyTorch in `torch.inference_mode()` with the package's fast kernels (`hf_segmodels.kernels`: Winograd 3x3
   convolutions, folded BatchNorms, SegFormer's merged decoder, and oneDNN linear products where they are measured
-  clearly faster on the running CPU; plain eager inference keeps PyTorch's linear kernel). `torch.compile`
-  (inductor) was measured slower than this eager path and takes tens of seconds to compile
-  (`bench_fastest.py --with_compile`), so it is not used; nothing is compiled and nothing is rebuilt for new input
-  sizes: the only warm-up is each linear product shape's one-time kernel measurement (`hf_segmodels.onednn`), a
-  fraction of one forward pass, remembered for the process.
+  clearly faster on the running CPU; plain eager inference keeps PyTorch's linear kernel). By default nothing is
+  compiled and nothing is rebuilt for new input sizes: the only warm-up is each linear product shape's one-time kernel
+  measurement (`hf_segmodels.onednn`), a fraction of one forward pass, remembered for the process.
 - memory that is reused instead of returned to the operating system: a forward allocates hundreds of MB of
   activations, and every fresh page costs a page fault. On Linux with glibc, `tune_memory_allocator=True` asks the
   allocator to keep freed memory (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 2 GiB)`) and PyTorch to back
   large tensors with transparent huge pages (PyTorch's own `THP_MEM_ALLOC_ENABLE=1`, effective when set before the
   process first allocates a large tensor; set it in the environment to be sure). These are process-wide settings:
   the process keeps its peak memory instead of returning it.
+
+- optionally (`fastest(model, compile=True)`, or `HF_SEGMODELS_FASTEST=compile`), the forward compiled by
+  `torch.compile` (inductor) with freezing: the parameters become constants of the graph and the convolution / linear
+  weights are pre-packed for oneDNN. It pays off on SegFormer (`bench_fastest.py --with_compile segformer-b0
+  --compile_freezing`; inductor's default settings do not), at a one-time cost of tens of seconds per input size
+  (`dynamic=False`: sliding windows share one size, so they compile once; torch.compile keeps up to its cache limit
+  of sizes). Frozen weights: if a parameter or buffer changes after compilation, the next call compiles again.
 
 The result is a model-like callable: `fastest(model)(pixel_values=...)` gives `model(pixel_values=...)`'s outputs (in
 eval mode; equal up to float rounding where a linear product takes the other kernel),
@@ -26,7 +31,8 @@ model: calling it again returns the same object.
 
 One switch for `pipeline("image-segmentation")`, `hf_segmodels.infer_logits` and `examples/evaluate.py`: the
 environment variable `HF_SEGMODELS_FASTEST=1` makes `infer_logits` (which the pipeline and evaluate.py run) use
-`fastest(model)` (`evaluate.py --fastest` does the same for one run).
+`fastest(model)` (`evaluate.py --fastest` does the same for one run); `HF_SEGMODELS_FASTEST=compile` uses
+`fastest(model, compile=True)`.
 """
 
 import ctypes
@@ -44,8 +50,13 @@ _memory_tuned = False
 
 
 def requested() -> bool:
-    """Whether `HF_SEGMODELS_FASTEST` asks for the fastest path (`1`, `true`, `yes`)."""
-    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+    """Whether `HF_SEGMODELS_FASTEST` asks for the fastest path (`1`, `true`, `yes`, or `compile`)."""
+    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "compile")
+
+
+def compile_requested() -> bool:
+    """Whether `HF_SEGMODELS_FASTEST=compile` asks for the compiled fastest path (`fastest(model, compile=True)`)."""
+    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() == "compile"
 
 
 def tune_memory() -> bool:
@@ -70,8 +81,10 @@ class FastestModel:
     """`model` run in inference mode (eval) with the package's fastest CPU settings; see the module docstring.
     Calls and attributes are the model's."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, compile: bool = False):
         self.__dict__["model"] = model
+        self.__dict__["compile"] = compile
+        self.__dict__["_compiled"] = None  # (torch.compile'd model, the state of the weights it froze)
 
     def _run(self, function, *args, **kwargs):
         if self.model.training:
@@ -79,8 +92,20 @@ class FastestModel:
         with torch.inference_mode():
             return function(*args, **kwargs)
 
+    def _weights_state(self) -> tuple:
+        return tuple((tensor.data_ptr(), tensor._version) for tensor in (*self.model.parameters(), *self.model.buffers()))
+
     def __call__(self, *args, **kwargs):
-        return self._run(self.model, *args, **kwargs)
+        if not self.compile:
+            return self._run(self.model, *args, **kwargs)
+        if self.model.training:
+            self.model.eval()
+        state = self._weights_state()
+        if self._compiled is None or self._compiled[1] != state:  # (first call, or weights changed since)
+            compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})
+            self.__dict__["_compiled"] = (compiled, state)
+        with torch.no_grad():  # (inductor's freezing needs parameters without autograd, not inference tensors)
+            return self._compiled[0](*args, **kwargs)
 
     def full_resolution_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The model's `full_resolution_logits` (B, num_labels, H, W), in inference mode."""
@@ -97,24 +122,29 @@ class FastestModel:
         setattr(self.model, name, value)
 
     def __repr__(self) -> str:
-        return f"fastest({self.model.__class__.__name__})"
+        return f"fastest({self.model.__class__.__name__}{', compile=True' if self.compile else ''})"
 
 
-def fastest(model: torch.nn.Module, tune_memory_allocator: bool = True) -> FastestModel:
+def fastest(model: torch.nn.Module, tune_memory_allocator: bool = True, compile: bool = False) -> FastestModel:
     """The fastest CPU inference path of one of our models: a callable with `model(pixel_values=...)`'s signature and
-    outputs (eval mode). Cached on the model. `tune_memory_allocator=False` leaves the process's allocator alone."""
+    outputs (eval mode). Cached on the model. `tune_memory_allocator=False` leaves the process's allocator alone.
+    `compile=True` runs the forward through `torch.compile` with inductor's freezing (see the module docstring:
+    tens of seconds of compilation per input size, faster afterwards on SegFormer)."""
     if isinstance(model, FastestModel):
-        return model
+        if model.compile == compile:
+            return model
+        model = model.model
     if not hasattr(model, "full_resolution_logits"):
         raise TypeError(f"fastest() takes a model of hf_segmodels, got {type(model).__name__}.")
-    cached = model.__dict__.get("_hf_segmodels_fastest")
+    key = "_hf_segmodels_fastest_compiled" if compile else "_hf_segmodels_fastest"
+    cached = model.__dict__.get(key)
     if cached is None:
-        cached = FastestModel(model.eval())
-        model.__dict__["_hf_segmodels_fastest"] = cached
+        cached = FastestModel(model.eval(), compile=compile)
+        model.__dict__[key] = cached
     measure_kernels()  # linear products through the kernel measured faster on this CPU (hf_segmodels.onednn)
     if tune_memory_allocator:
         tune_memory()
     return cached
 
 
-__all__ = ["ENVIRONMENT_VARIABLE", "FastestModel", "fastest", "requested", "tune_memory"]
+__all__ = ["ENVIRONMENT_VARIABLE", "FastestModel", "compile_requested", "fastest", "requested", "tune_memory"]

@@ -72,3 +72,40 @@ def test_memory_tuning_applies_on_glibc_and_is_idempotent():
 
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_memory() is glibc and tune_memory() is glibc
+
+
+def test_compiled_fastest_is_its_own_cached_path_and_the_switch_parses(monkeypatch):
+    from hf_segmodels.fast_path import compile_requested, requested
+
+    model = tiny_model("segformer")
+    fast = hf_segmodels.fastest(model)
+    compiled = hf_segmodels.fastest(model, compile=True)
+    assert compiled is not fast and compiled.compile and not fast.compile
+    assert hf_segmodels.fastest(model, compile=True) is compiled and hf_segmodels.fastest(fast, compile=True) is compiled
+    assert hf_segmodels.fastest(compiled) is fast and "compile=True" in repr(compiled)
+    for value, expected in (("1", (True, False)), ("compile", (True, True)), ("", (False, False)), ("0", (False, False))):
+        monkeypatch.setenv(ENVIRONMENT_VARIABLE, value)
+        assert (requested(), compile_requested()) == expected
+
+
+@pytest.mark.slow
+def test_compiled_fastest_gives_the_models_outputs_and_follows_weight_changes():
+    """`fastest(model, compile=True)`: inductor with frozen weights; the same logits as eager, one compilation per
+    input size, and a new compilation when the weights change (frozen constants would be stale)."""
+    model = tiny_model("segformer")
+    compiled = hf_segmodels.fastest(model, compile=True)
+    pixel_values = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+    torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, expected, rtol=1e-4, atol=1e-4)
+    first = compiled._compiled[0]
+    torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, expected, rtol=1e-4, atol=1e-4)
+    assert compiled._compiled[0] is first  # same weights: no recompilation
+    with torch.no_grad():
+        model.decode_head.classifier.bias.add_(1.0)
+        changed = model(pixel_values=pixel_values).logits
+    torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, changed, rtol=1e-4, atol=1e-4)
+    assert compiled._compiled[0] is not first
+    # infer_logits and sliding windows through it
+    window = hf_segmodels.infer_logits(compiled, torch.randn(1, 3, 64, 96), window=(64, 64), stride=(32, 32))
+    assert window.shape == (1, model.config.num_labels, 64, 96) and torch.isfinite(window).all()
