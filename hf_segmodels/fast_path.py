@@ -93,7 +93,13 @@ class FastestModel:
             return function(*args, **kwargs)
 
     def _weights_state(self) -> tuple:
-        return tuple((tensor.data_ptr(), tensor._version) for tensor in (*self.model.parameters(), *self.model.buffers()))
+        """Identifies the weights a compilation froze: each parameter's and buffer's storage and version counter
+        (storages alone for inference tensors, which have no version counter)."""
+        tensors = (*self.model.parameters(), *self.model.buffers())
+        try:
+            return tuple((tensor.data_ptr(), tensor._version) for tensor in tensors)
+        except RuntimeError:
+            return tuple(tensor.data_ptr() for tensor in tensors)
 
     def __call__(self, *args, **kwargs):
         if not self.compile:
