@@ -14,7 +14,6 @@ False`); it steps aside while a graph is exported or traced.
 """
 
 import torch
-import torch.nn.functional as F
 
 from .kernels import active as kernel_active
 
