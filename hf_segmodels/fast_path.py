@@ -84,7 +84,7 @@ class FastestModel:
     def __init__(self, model: torch.nn.Module, compile: bool = False):
         self.__dict__["model"] = model
         self.__dict__["compile"] = compile
-        self.__dict__["_compiled"] = None  # (torch.compile'd model, the state of the weights it froze)
+        self.__dict__["_compiled"] = {}  # method name -> (its torch.compile'd version, the weights' state it froze)
 
     def _run(self, function, *args, **kwargs):
         if self.model.training:
@@ -101,25 +101,31 @@ class FastestModel:
         except RuntimeError:
             return tuple(tensor.data_ptr() for tensor in tensors)
 
-    def __call__(self, *args, **kwargs):
+    def _call(self, name: str, *args, **kwargs):
+        """The model's method `name` (`forward` for calls), compiled with frozen weights when `compile`."""
+        function = self.model if name == "forward" else getattr(self.model, name)
         if not self.compile:
-            return self._run(self.model, *args, **kwargs)
+            return self._run(function, *args, **kwargs)
         if self.model.training:
             self.model.eval()
         state = self._weights_state()
-        if self._compiled is None or self._compiled[1] != state:  # (first call, or weights changed since)
-            compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})
-            self.__dict__["_compiled"] = (compiled, state)
+        if name not in self._compiled or self._compiled[name][1] != state:  # (first call, or weights changed since)
+            self._compiled[name] = (torch.compile(function, dynamic=False, options={"freezing": True}), state)
         with torch.no_grad():  # (inductor's freezing needs parameters without autograd, not inference tensors)
-            return self._compiled[0](*args, **kwargs)
+            return self._compiled[name][0](*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self._call("forward", *args, **kwargs)
 
     def full_resolution_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The model's `full_resolution_logits` (B, num_labels, H, W), in inference mode."""
-        return self._run(self.model.full_resolution_logits, pixel_values)
+        """The model's `full_resolution_logits` (B, num_labels, H, W), in inference mode (compiled when `compile`:
+        what `infer_logits`, the pipeline and evaluate.py run)."""
+        return self._call("full_resolution_logits", pixel_values)
 
     def full_resolution_semantic_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The model's `full_resolution_semantic_map` (B, H, W) (MaskFormer), in inference mode."""
-        return self._run(self.model.full_resolution_semantic_map, pixel_values)
+        """The model's `full_resolution_semantic_map` (B, H, W) (MaskFormer), in inference mode (compiled when
+        `compile`)."""
+        return self._call("full_resolution_semantic_map", pixel_values)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)

@@ -98,14 +98,33 @@ def test_compiled_fastest_gives_the_models_outputs_and_follows_weight_changes():
     with torch.no_grad():
         expected = model(pixel_values=pixel_values).logits
     torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, expected, rtol=1e-4, atol=1e-4)
-    first = compiled._compiled[0]
+    first = compiled._compiled["forward"][0]
     torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, expected, rtol=1e-4, atol=1e-4)
-    assert compiled._compiled[0] is first  # same weights: no recompilation
+    assert compiled._compiled["forward"][0] is first  # same weights: no recompilation
     with torch.no_grad():
         model.decode_head.classifier.bias.add_(1.0)
         changed = model(pixel_values=pixel_values).logits
     torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, changed, rtol=1e-4, atol=1e-4)
-    assert compiled._compiled[0] is not first
-    # infer_logits and sliding windows through it
-    window = hf_segmodels.infer_logits(compiled, torch.randn(1, 3, 64, 96), window=(64, 64), stride=(32, 32))
-    assert window.shape == (1, model.config.num_labels, 64, 96) and torch.isfinite(window).all()
+    assert compiled._compiled["forward"][0] is not first
+    # infer_logits (sliding windows) runs the compiled full_resolution_logits
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    reference = hf_segmodels.infer_logits(model, image, window=(64, 64), stride=(32, 32))
+    windows = hf_segmodels.infer_logits(compiled, image, window=(64, 64), stride=(32, 32))
+    assert "full_resolution_logits" in compiled._compiled
+    torch.testing.assert_close(windows, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_compile_switch_reaches_the_pipeline(tmp_path, monkeypatch):
+    model, processor = tiny_model("maskformer"), tiny_image_processor("maskformer")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    image = PIL.Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    segmenter = pipeline("image-segmentation", model=str(tmp_path))
+    plain = segmenter(image, subtask="semantic")
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "compile")
+    compiled_segments = segmenter(image, subtask="semantic")
+    assert segmenter.model.__dict__["_hf_segmodels_fastest_compiled"]._compiled  # the compiled path ran
+    assert [s["label"] for s in compiled_segments] == [s["label"] for s in plain]
+    for segment, reference in zip(compiled_segments, plain, strict=True):
+        np.testing.assert_array_equal(np.array(segment["mask"]), np.array(reference["mask"]))
