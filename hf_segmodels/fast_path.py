@@ -49,14 +49,18 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 _memory_tuned = False
 
 
+def _switch() -> str:
+    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+
+
 def requested() -> bool:
     """Whether `HF_SEGMODELS_FASTEST` asks for the fastest path (`1`, `true`, `yes`, or `compile`)."""
-    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "compile")
+    return _switch() in ("1", "true", "yes", "compile")
 
 
 def compile_requested() -> bool:
     """Whether `HF_SEGMODELS_FASTEST=compile` asks for the compiled fastest path (`fastest(model, compile=True)`)."""
-    return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() == "compile"
+    return _switch() == "compile"
 
 
 def tune_memory() -> bool:
@@ -86,12 +90,6 @@ class FastestModel:
         self.__dict__["compile"] = compile
         self.__dict__["_compiled"] = {}  # method name -> (its torch.compile'd version, the weights' state it froze)
 
-    def _run(self, function, *args, **kwargs):
-        if self.model.training:
-            self.model.eval()
-        with torch.inference_mode():
-            return function(*args, **kwargs)
-
     def _weights_state(self) -> tuple:
         """Identifies the weights a compilation froze: each parameter's and buffer's storage and version counter
         (storages alone for inference tensors, which have no version counter)."""
@@ -103,11 +101,12 @@ class FastestModel:
 
     def _call(self, name: str, *args, **kwargs):
         """The model's method `name` (`forward` for calls), compiled with frozen weights when `compile`."""
-        function = self.model if name == "forward" else getattr(self.model, name)
-        if not self.compile:
-            return self._run(function, *args, **kwargs)
         if self.model.training:
             self.model.eval()
+        function = self.model if name == "forward" else getattr(self.model, name)
+        if not self.compile:
+            with torch.inference_mode():
+                return function(*args, **kwargs)
         state = self._weights_state()
         if name not in self._compiled or self._compiled[name][1] != state:  # (first call, or weights changed since)
             self._compiled[name] = (torch.compile(function, dynamic=False, options={"freezing": True}), state)
@@ -159,4 +158,13 @@ def fastest(model: torch.nn.Module, tune_memory_allocator: bool = True, compile:
     return cached
 
 
-__all__ = ["ENVIRONMENT_VARIABLE", "FastestModel", "compile_requested", "fastest", "requested", "tune_memory"]
+def from_environment(model):
+    """`model`, or the fastest path `HF_SEGMODELS_FASTEST` asks for (`fastest(model)`, or with `compile` the
+    compiled one): the one switch `infer_logits` and the pipeline read."""
+    return fastest(model, compile=compile_requested()) if requested() else model
+
+
+__all__ = [
+    "ENVIRONMENT_VARIABLE", "FastestModel", "compile_requested", "fastest", "from_environment", "requested",
+    "tune_memory",
+]  # fmt: skip

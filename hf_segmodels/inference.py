@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .fast_path import compile_requested, fastest, requested as fastest_requested
+from .fast_path import from_environment as fastest_from_environment
 from .modeling_utils import check_pixel_values
 from .protocol import get_test_protocol
 
@@ -142,8 +142,8 @@ def infer_logits(
     """
     num_channels = pixel_values.shape[1] if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4 else 3
     check_pixel_values(pixel_values, num_channels)
-    if fastest_requested() and pixel_values.device.type == "cpu":
-        model = fastest(model, compile=compile_requested())  # the switch HF_SEGMODELS_FASTEST (fast_path.py)
+    if pixel_values.device.type == "cpu":
+        model = fastest_from_environment(model)  # the switch HF_SEGMODELS_FASTEST (fast_path.py)
     if protocol and window is None and stride is None:
         window, stride = _protocol_window(model)
     if (window is None) != (stride is None):

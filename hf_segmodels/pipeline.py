@@ -19,7 +19,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
 from .image_processing import crop_to_pixel_mask, panoptic_from_class_scores, resized_class_scores, semantic_map
-from .fast_path import compile_requested, fastest, requested as fastest_requested
+from .fast_path import from_environment as fastest_from_environment
 from .inference import _protocol_window, infer_logits
 from .protocol import get_test_protocol
 
@@ -71,7 +71,7 @@ class ProtocolImageSegmentationPipeline(ImageSegmentationPipeline):
             # A padding processor (MaskFormer): the image's own extent; full_resolution_logits pads as the original.
             pixel_values = crop_to_pixel_mask(pixel_values, model_inputs["pixel_mask"][0])
         if subtask not in ("panoptic", "instance") and self._map_without_scores(pixel_values, target_size, protocol):
-            model = fastest(self.model, compile=compile_requested()) if fastest_requested() else self.model
+            model = fastest_from_environment(self.model)
             labels = model.full_resolution_semantic_map(pixel_values)[0]
             return {"protocol_labels": labels, "target_size": target_size}
         logits = infer_logits(self.model, pixel_values, protocol=protocol)
