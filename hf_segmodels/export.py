@@ -305,9 +305,8 @@ def _export_onnx(
     names = output_names(model)
     try:
         program = export_program(model, shape, dynamic)
-        # onnxscript's graph optimisation, on for every architecture: with torch 2.13 / onnxscript 0.7.2 it takes
-        # seconds on the dynamic graphs of the released sizes (measured at 512 x 512, one thread: SegFormer-B0 2 s,
-        # MaskFormer-R50 3 s, MaskFormer-Swin-T 11 s; bench_fastest once saw it not finish on MaskFormer).
+        # onnxscript's graph optimisation, on for every architecture (with torch 2.13 / onnxscript 0.7.2 it finishes
+        # in seconds on the dynamic graphs of the released sizes)
         onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, optimize=True,
                                          input_names=["pixel_values"], output_names=list(names), verbose=False)
         onnx_program.save(str(path), external_data=False)

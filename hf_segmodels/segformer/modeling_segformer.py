@@ -299,6 +299,13 @@ class SegformerMLP(nn.Module):
         return projected
 
 
+def _needs_resize(stage: int, stage_map: torch.Tensor, size: torch.Size) -> bool:
+    """Whether the decoder resizes a stage's map to the first stage's `size`. Under torch.export (dynamic shapes)
+    every later stage is resized: the size comparison would become an assertion on the input size (resizing to the
+    same size returns the map unchanged)."""
+    return (stage > 0 and torch.compiler.is_exporting()) or stage_map.shape[-2:] != size
+
+
 def _batch_norm_scale_shift(batch_norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """The eval-mode BatchNorm as y = x * scale + shift (in float32)."""
     scale = batch_norm.weight.float() * torch.rsqrt(batch_norm.running_var.float() + batch_norm.eps)
@@ -349,9 +356,7 @@ class SegformerDecodeHead(nn.Module):
         projected = [None] * self.num_stages
         for stage, (feature_map, mlp) in enumerate(zip(feature_maps, self.linear_c)):
             stage_map = mlp(feature_map)
-            # Under torch.export (dynamic shapes) every later stage is resized: the size comparison would become an
-            # assertion on the input size (resizing to the same size returns the map unchanged).
-            if (stage > 0 and torch.compiler.is_exporting()) or stage_map.shape[-2:] != size:
+            if _needs_resize(stage, stage_map, size):
                 stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
             projected[self._concat_position(stage)] = stage_map
         hidden_states = self.activation(self.batch_norm(self.linear_fuse(torch.cat(projected, dim=1))))
@@ -431,8 +436,7 @@ class SegformerDecodeHead(nn.Module):
             if reuse_buffer and fused is not None and stage_map.shape[-2:] != size:
                 buffer = torch.empty_like(fused) if buffer is None else buffer
                 stage_map = torch.ops.aten.upsample_bilinear2d.out(stage_map, list(size), False, None, None, out=buffer)
-            elif (stage > 0 and torch.compiler.is_exporting()) or stage_map.shape[-2:] != size:
-                # (under torch.export every later stage is resized, as in `forward_concat`)
+            elif _needs_resize(stage, stage_map, size):
                 stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
             fused = stage_map if fused is None else fused.add_(stage_map)
         # `fused` is the first stage's fresh (B, h * w, width) matmul output seen as a map, so this is a view.
