@@ -27,6 +27,10 @@ import torch
 KERNELS = ("onednn", "winograd", "folded_batch_norm", "merged_decoder")
 # Algebraic rewrites in standard operators, kept while a graph is captured.
 GRAPH_REWRITES = ("merged_decoder",)
+# Kept in exported graphs (ONNX, OpenVINO, torch.export), written in standard operators there, but not under
+# torch.compile (inductor picks its own convolutions): the folded BatchNorms (a per-channel scale of the weights, which
+# the runtimes compute once when they load the graph) and Winograd in graph form (`winograd.conv3x3_graph`).
+EXPORT_REWRITES = ("folded_batch_norm", "winograd")
 ENVIRONMENT_VARIABLE = "HF_SEGMODELS_FAST_KERNELS"
 
 
@@ -57,10 +61,23 @@ def capturing() -> bool:
     )
 
 
+def exporting() -> bool:
+    """True while a graph is captured for another runtime: torch.export (and the dynamo ONNX exporter built on it),
+    the TorchScript ONNX exporter, TorchScript tracing / scripting; False under `torch.compile` alone."""
+    return (
+        torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 def active(name: str) -> bool:
-    """Whether the kernel `name` is switched on and, unless it is one of `GRAPH_REWRITES`, no graph is being
-    captured."""
-    return enabled[name] and (name in GRAPH_REWRITES or not capturing())
+    """Whether the kernel `name` is switched on and, unless it is one of `GRAPH_REWRITES` (or of `EXPORT_REWRITES`
+    while exporting), no graph is being captured."""
+    if not enabled[name]:
+        return False
+    return name in GRAPH_REWRITES or not capturing() or (name in EXPORT_REWRITES and exporting())
 
 
 @contextlib.contextmanager
@@ -78,4 +95,7 @@ def disabled(*names: str):
         enabled.update(previous)
 
 
-__all__ = ["ENVIRONMENT_VARIABLE", "GRAPH_REWRITES", "KERNELS", "active", "capturing", "disabled", "enabled"]
+__all__ = [
+    "ENVIRONMENT_VARIABLE", "EXPORT_REWRITES", "GRAPH_REWRITES", "KERNELS", "active", "capturing", "disabled",
+    "enabled", "exporting",
+]  # fmt: skip

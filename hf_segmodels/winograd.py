@@ -10,12 +10,21 @@ convolution runs faster than oneDNN's direct convolution on CPU (measured by `be
 The result equals the direct convolution up to float rounding: errors ~1e-5 of the output's scale (larger than direct
 summation's ~1e-7, because the transforms mix values of different magnitude); inputs of any size are zero-padded to
 whole tiles. Switched off with the other fast kernels in `hf_segmodels.kernels` (`kernels.enabled["winograd"] =
-False`); it steps aside while a graph is exported or traced.
+False`).
+
+While a graph is exported (ONNX, OpenVINO, torch.export) the same algorithm is written in standard operators instead
+(`conv3x3_graph`): the input transform as a grouped 6x6 / stride-4 convolution, the 36 products as one batched MatMul,
+the output transform as a grouped 1x1 convolution followed by DepthToSpace (pixel shuffle), and the filter transform
+as a MatMul of the weights that the runtimes compute once when they load the graph. ONNX Runtime and OpenVINO run it
+faster than their own direct convolution from 128 / 256 channels on (`EXPORT_MIN_CHANNELS`; measured by
+`benchmarks/bench_deploy.py`). Under `torch.compile` alone it steps aside (inductor picks its own convolution).
 """
 
 import torch
+import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from .kernels import active as kernel_active
+from .kernels import active as kernel_active, capturing, exporting
 
 # The filter transform G (6 x 3) of F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
 _G = (
@@ -27,18 +36,48 @@ _G = (
     (0.0, 0.0, 1.0),
 )
 
-# Below these sizes the transforms cost more than they save (measured on CPU, one thread, plain eager inference: 64
-# channels lose at every size; 128-256 channels break even or win from 64 tiles on (1.35-1.45x at 256 channels),
-# 512 channels from 128 tiles (1.27x; 1.00x at 64 tiles), 1024 channels 1.18x at 64 tiles; with the fastest path's
-# allocator settings the wide ones win by more): at least MIN_CHANNELS input and output channels, MIN_TILES 4x4
-# output tiles, and a tile per CHANNELS_PER_TILE input channels.
+# Where the transforms pay off (measured direct / Winograd on CPU, one thread, with the fastest path's allocator
+# settings and the filters transformed once, `cached`): 96 channels 0.92x at 64 tiles, 1.5x at 256; 128 channels 1.21x
+# at 64 tiles, 0.62x at 16; 256 channels 1.88x at 64, 1.08x at 16; 512 channels 2.26x at 64, 1.46x at 16; 2048 -> 256
+# channels 1.37x at 16; 1024 channels 0.34x at 4 tiles (the products read all 36 transformed filters for a few tiles:
+# memory-bound). The transforms cost per tile in proportion to C + K, the products C * K: so at least MIN_CHANNELS
+# input and output channels, at least MIN_TILES 4x4 output tiles, and at least TILE_CHANNELS / w tiles, w the harmonic
+# mean of the input and output channels (narrower layers need more tiles to amortise the transforms).
 MIN_CHANNELS = 96
-MIN_TILES = 64
-CHANNELS_PER_TILE = 4
+MIN_TILES = 16
+TILE_CHANNELS = 7168
+# Filters transformed at every call (`filters_cached=False`: the MaskFormer mask projection, whose filters depend on
+# the image) must amortise that transform too (~2 ms for 256 x 256 channels): at least UNCACHED_MIN_TILES tiles and a
+# tile per UNCACHED_CHANNELS_PER_TILE input channels (measured 1.35-1.45x at 256 channels from 64 tiles, 512 channels
+# 1.27x at 128 tiles and 1.00x at 64).
+UNCACHED_MIN_TILES = 64
+UNCACHED_CHANNELS_PER_TILE = 4
 # Output tiles per band (see `conv3x3`): bounds the extra memory to one band's transformed inputs and products (~80
 # floats per tile and channel: about 20 MB at 256 channels, freed after the band); measured faster than bands of 64 or
 # 128 tiles on 128-256 channel maps (fewer, larger matrix products).
 BAND_TILES = 256
+# In exported graphs (`conv3x3_graph`): convolutions with at least this many input and output channels, at any map
+# size (a dynamic graph cannot ask for the size). Measured at 1 thread against the runtimes' direct convolution:
+# ONNX Runtime 1.7-2.6x faster at 128-1024 channels (16x16 to 128x128 maps), 1.2x at 64; OpenVINO 1.2-1.6x at 256
+# and more, 0.96-1.17x at 128.
+EXPORT_MIN_CHANNELS = 128
+
+# B^T (6 x 6) and A^T (4 x 6) of F(4x4, 3x3) (same points as _G); the eager kernel applies them as the additions in
+# `_input_transform` / `_output_transform`, the graph form as convolution kernels.
+_BT = (
+    (4.0, 0.0, -5.0, 0.0, 1.0, 0.0),
+    (0.0, -4.0, -4.0, 1.0, 1.0, 0.0),
+    (0.0, 4.0, -4.0, -1.0, 1.0, 0.0),
+    (0.0, -2.0, -1.0, 2.0, 1.0, 0.0),
+    (0.0, 2.0, -1.0, -2.0, 1.0, 0.0),
+    (0.0, 4.0, 0.0, -5.0, 0.0, 1.0),
+)
+_AT = (
+    (1.0, 1.0, 1.0, 1.0, 1.0, 0.0),
+    (0.0, 1.0, -1.0, 2.0, -2.0, 0.0),
+    (0.0, 1.0, 1.0, 4.0, 4.0, 0.0),
+    (0.0, 1.0, -1.0, 8.0, -8.0, 1.0),
+)
 
 
 def _input_transform(d: list[torch.Tensor], out: list[torch.Tensor]) -> None:
@@ -61,6 +100,31 @@ def _output_transform(m: list[torch.Tensor], out: list[torch.Tensor]) -> None:
     torch.add(m1_minus_m2, m3_minus_m4, alpha=2, out=out[1])
     torch.add(m1_plus_m2, m3_plus_m4, alpha=4, out=out[2])
     torch.add(m1_minus_m2 + m[5], m3_minus_m4, alpha=8, out=out[3])
+
+
+def _state(tensors) -> tuple | None:
+    """Identifies the values of `tensors` (storage and version counter), or None for inference tensors (no version
+    counter: their changes cannot be seen)."""
+    try:
+        return tuple((tensor.data_ptr(), tensor._version) for tensor in tensors)
+    except RuntimeError:
+        return None
+
+
+def cached(owner: torch.nn.Module, compute, *sources: torch.Tensor):
+    """`compute()` (derived from the tensors `sources`, e.g. a layer's transformed filters), remembered on `owner` for
+    as long as `sources` are unchanged (same storage, same version counter: an in-place update or a new parameter
+    computes it again). Not cached for inference tensors, whose changes cannot be seen. The filters of constant weights
+    are transformed once instead of at every call (~2 ms for 256 x 256 channels, ~20 ms for 2048 x 256 at one
+    thread): the extra memory is 4x the layer's 3x3 weights."""
+    state = _state(sources)
+    remembered = owner.__dict__.get("_hf_segmodels_winograd")
+    if state is not None and remembered is not None and remembered[0] == state:
+        return remembered[1]
+    value = compute()
+    if state is not None:
+        owner.__dict__["_hf_segmodels_winograd"] = (state, value)
+    return value
 
 
 def transform_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -101,8 +165,22 @@ def _band(padded: torch.Tensor, filters: torch.Tensor, output: torch.Tensor) -> 
     output.copy_(tiles.permute(2, 3, 4, 0, 5, 1))
 
 
+def conv3x3_for(x: torch.Tensor, weight: torch.Tensor):
+    """The Winograd form for a stride-1, padding-1 3x3 convolution of `x` with `weight`: `conv3x3` where `worthwhile`
+    (eager CPU inference), `conv3x3_graph` where `graph_worthwhile` (export), else None (PyTorch's convolution)."""
+    if worthwhile(x, weight):
+        return conv3x3
+    if graph_worthwhile(x, weight):
+        return conv3x3_graph
+    return None
+
+
 def conv3x3(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, band_tiles: int | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    band_tiles: int | None = None,
+    filters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`F.conv2d(x, weight, bias, stride=1, padding=1)` for (B, C, H, W) `x` and (K, C, 3, 3) `weight` by F(4x4, 3x3)
     Winograd; returns (B, K, H, W). Bands of about `band_tiles` 4x4 output tiles are processed one after the other,
@@ -117,7 +195,7 @@ def conv3x3(
     padded[:, :, height + 1 :].zero_()
     padded[:, :, 1 : height + 1, :1].zero_()
     padded[:, :, 1 : height + 1, width + 1 :].zero_()
-    filters = transform_filters(weight).unsqueeze(1)
+    filters = (transform_filters(weight) if filters is None else filters).unsqueeze(1)
     output = x.new_empty(batch, out_channels, 4 * tiles_h, 4 * tiles_w)
     rows_per_band = max(1, (band_tiles or BAND_TILES) // (batch * tiles_w))
     for start in range(0, tiles_h, rows_per_band):
@@ -129,27 +207,96 @@ def conv3x3(
     return output.add_(bias.view(1, -1, 1, 1)) if bias is not None else output
 
 
-def worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a stride-1, padding-1 convolution of `x` (B, C, H, W) with `weight` (K, C, 3, 3) should run through
-    `conv3x3`: enabled, inference (no autograd) on CPU in float32, and a map and channel counts large enough for the
-    transforms to pay off (`MIN_CHANNELS`, `MIN_TILES`, `CHANNELS_PER_TILE`)."""
-    tiles = -(-x.shape[-2] // 4) * -(-x.shape[-1] // 4) if x.dim() == 4 else 0
+def conv3x3_graph(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, stride=1, padding=1)` by F(4x4, 3x3) Winograd in standard operators, for exported
+    graphs (any batch, height and width: no size-dependent branch). (B, C, H, W) x (K, C, 3, 3) -> (B, K, H, W)."""
+    batch, channels, height, width = x.shape
+    out_channels = weight.shape[0]
+    bt = torch.tensor(_BT, dtype=x.dtype, device=x.device)
+    at = torch.tensor(_AT, dtype=x.dtype, device=x.device)
+    # input transform B^T d B of every 6x6 tile (stride 4), per channel: (B, C * 36, tiles_h, tiles_w). The pad is
+    # fixed (1 before, 4 after) and the strided convolution floors, which gives ceil(H / 4) x ceil(W / 4) tiles
+    # without a size-dependent pad (which torch.export could not bound)
+    input_kernel = torch.kron(bt, bt).reshape(36, 1, 6, 6).repeat(channels, 1, 1, 1)
+    inputs = F.conv2d(F.pad(x, (1, 4, 1, 4)), input_kernel, stride=4, groups=channels)
+    tiles_h, tiles_w = inputs.shape[-2:]
+    # the 36 products (K, C) @ (C, tiles): (36, B, C, T) -> (36, B, K, T)
+    inputs = inputs.reshape(batch, channels, 36, -1).permute(2, 0, 1, 3)
+    products = torch.matmul(transform_filters(weight).unsqueeze(1), inputs)
+    products = products.permute(1, 2, 0, 3).reshape(batch, out_channels * 36, tiles_h, tiles_w)
+    # output transform A^T m A per output channel, then the 4x4 tiles into place: (B, K, 4 tiles_h, 4 tiles_w)
+    output_kernel = torch.kron(at, at).reshape(16, 36, 1, 1).repeat(out_channels, 1, 1, 1)
+    output = F.pixel_shuffle(F.conv2d(products, output_kernel, groups=out_channels), 4)
+    if isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt):
+        # (a slice to a symbolic size is a guard H <= 4 ceil(H / 4) that torch.export cannot prove; an index is not)
+        output = output.index_select(2, torch.arange(height, device=x.device))
+        output = output.index_select(3, torch.arange(width, device=x.device))
+    elif tuple(output.shape[-2:]) != (height, width):
+        output = output[:, :, :height, :width]
+    return output + bias.reshape(1, -1, 1, 1) if bias is not None else output
+
+
+def _geometry_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
-        kernel_active("winograd")
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        x.dtype == weight.dtype == torch.float32
+        and x.dim() == 4
         and weight.dim() == 4
         and tuple(weight.shape[-2:]) == (3, 3)
         and weight.shape[1] == x.shape[1]
-        and min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS
-        and tiles >= max(MIN_TILES, weight.shape[1] / CHANNELS_PER_TILE)
+    )
+
+
+def _at_least(side, minimum: int) -> bool:
+    """Whether a map side (an int, or a symbolic size of a dynamic export) is at least `minimum` for every input the
+    graph takes (a symbolic size: provably from its declared range, without adding a guard)."""
+    if isinstance(side, torch.SymInt):
+        return statically_known_true(side >= minimum)
+    return side >= minimum
+
+
+def graph_worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a stride-1, padding-1 convolution of `x` (B, C, H, W) with `weight` (K, C, 3, 3) is written as
+    `conv3x3_graph` in a graph being exported: enabled, float32, `EXPORT_MIN_CHANNELS` input and output channels or
+    more, and a map of at least 5 x 5 (2 x 2 tiles) for every input the graph takes: torch.export specialises a tile
+    count of 1, so in a dynamic graph whose size range reaches maps under 5 pixels the layer stays a plain
+    convolution. (Standard operators: autograd works through it.)"""
+    return (
+        kernel_active("winograd")
+        and exporting()
+        and _geometry_fits(x, weight)
+        and min(weight.shape[0], weight.shape[1]) >= EXPORT_MIN_CHANNELS
+        and _at_least(x.shape[-2], 5)
+        and _at_least(x.shape[-1], 5)
+    )
+
+
+def worthwhile(x: torch.Tensor, weight: torch.Tensor, filters_cached: bool = True) -> bool:
+    """Whether a stride-1, padding-1 convolution of `x` (B, C, H, W) with `weight` (K, C, 3, 3) should run through
+    `conv3x3`: enabled, inference (no autograd) on CPU in float32 outside graph capture, and a map and channel counts
+    large enough for the transforms to pay off (`MIN_CHANNELS`, `MIN_TILES`, `TILE_CHANNELS`; with
+    `filters_cached=False`, for filters transformed at every call, also `UNCACHED_MIN_TILES` and
+    `UNCACHED_CHANNELS_PER_TILE`)."""
+    if capturing() or not kernel_active("winograd") or not _geometry_fits(x, weight):
+        return False
+    out_channels, channels = weight.shape[:2]
+    if min(out_channels, channels) < MIN_CHANNELS:
+        return False
+    tiles = -(-x.shape[-2] // 4) * -(-x.shape[-1] // 4)
+    width = 2 * out_channels * channels / (out_channels + channels)  # (harmonic mean)
+    enough_tiles = tiles >= max(MIN_TILES, TILE_CHANNELS / width)
+    if not filters_cached:
+        enough_tiles = enough_tiles and tiles >= max(UNCACHED_MIN_TILES, channels / UNCACHED_CHANNELS_PER_TILE)
+    return (
+        enough_tiles
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
 
 
 class Conv2d(torch.nn.Conv2d):
-    """`nn.Conv2d` (same parameters and state-dict keys) that runs through `conv3x3` when it is a dense 3x3 / stride 1
-    / padding 1 convolution and `worthwhile` for the input, through PyTorch's convolution otherwise."""
+    """`nn.Conv2d` (same parameters and state-dict keys) that runs a dense 3x3 / stride 1 / padding 1 convolution as
+    Winograd where `conv3x3_for` picks a form for the input (eager `conv3x3`, or `conv3x3_graph` while exporting),
+    through PyTorch's convolution otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -158,7 +305,11 @@ class Conv2d(torch.nn.Conv2d):
             and self.dilation == (1, 1)
             and self.groups == 1
             and self.padding_mode == "zeros"
-            and worthwhile(x, self.weight)
         ):
-            return conv3x3(x, self.weight, self.bias)
+            winograd = conv3x3_for(x, self.weight)
+            if winograd is conv3x3_graph:
+                return conv3x3_graph(x, self.weight, self.bias)
+            if winograd is not None:
+                filters = cached(self, lambda: transform_filters(self.weight), self.weight)
+                return conv3x3(x, self.weight, self.bias, filters=filters)
         return super().forward(x)

@@ -52,10 +52,11 @@ def test_one_dynamic_export_reproduces_pytorch_in_both_runtimes_at_two_sizes_and
     onnx = pytest.importorskip("onnx", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
     openvino = pytest.importorskip("openvino", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
     model = tiny_model(name)
-    # (exporting, any fast kernel active) at every forward: the kernels must step aside under export (the graph
-    # rewrites in standard operators, SegFormer's merged decoder, stay)
+    # (exporting, any fast kernel active) at every forward: the kernels must step aside under export (the rewrites
+    # in standard operators stay: SegFormer's merged decoder, the folded BatchNorms, Winograd's graph form)
     calls = []
-    kernel_names = [name for name in kernels.KERNELS if name not in kernels.GRAPH_REWRITES]
+    kept = kernels.GRAPH_REWRITES + kernels.EXPORT_REWRITES
+    kernel_names = [name for name in kernels.KERNELS if name not in kept]
     model.register_forward_pre_hook(
         lambda *_: calls.append((torch.compiler.is_exporting(), any(map(kernels.active, kernel_names))))
     )
@@ -108,6 +109,27 @@ def test_maskformer_with_a_swin_backbone_exports_a_dynamic_batch_at_a_fixed_size
     with pytest.raises(ValueError, match=r"takes only height x width 64x96 \(its height / width rule is 'fixed at "
                                          r"the export size'\); got 96x64"):
         run_exported(tmp_path / "model.onnx", "onnx", np.zeros((1, 3, 96, 64), dtype=np.float32))
+
+
+def test_wide_maskformer_exports_winograd_in_standard_operators_and_reproduces_pytorch(tmp_path):
+    """A MaskFormer with a 128-channel ResNet stage and pixel decoder: the dynamic export writes the wide 3x3
+    convolutions whose maps are 5 pixels or more at the rule's minimum (1/8 and 1/4 resolution here) as Winograd in
+    standard operators, with the folded BatchNorms, and both runtimes reproduce PyTorch at two sizes and batches."""
+    onnx = pytest.importorskip("onnx", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
+    pytest.importorskip("openvino", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
+    backbone = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
+    model = testing_utils.tiny_model("maskformer", backbone_config=backbone, fpn_feature_size=128,
+                                     mask_feature_size=128)  # fmt: skip
+    config = export_model(model, tmp_path, ("onnx", "openvino"), height=64, width=64)
+    assert config["exporter"] == "dynamo" and config["dynamic_axes"]["height"] == "any, at least 33"
+    assert len(config["verified"]) == 4 and config["max_abs_difference"] < 1e-4
+    nodes = onnx.load(str(tmp_path / "model.onnx")).graph.node
+    assert "DepthToSpace" in {node.op_type for node in nodes}  # the Winograd form
+    assert "BatchNormalization" not in {node.op_type for node in nodes}  # folded
+    pixel_values = torch.randn(2, 3, 45, 70)
+    for value, reference in zip(run_exported(tmp_path / "model.onnx", "onnx", pixel_values.numpy()),
+                                pytorch_outputs(model, pixel_values)):  # fmt: skip
+        np.testing.assert_allclose(value, reference, atol=1e-4, rtol=0)
 
 
 def test_export_cli_from_a_folder_and_a_corrupted_export_fails_loudly(tmp_path, capsys):

@@ -209,7 +209,7 @@ def test_folded_resnet_runs_wide_convolutions_through_winograd(monkeypatch):
     backbone.eval()
     calls = []
     original = backbones.winograd_conv3x3
-    monkeypatch.setattr(backbones, "winograd_conv3x3", lambda x, *args: calls.append(x.shape) or original(x, *args))
+    monkeypatch.setattr(backbones, "winograd_conv3x3", lambda x, *args, **kwargs: calls.append(x.shape) or original(x, *args, **kwargs))
     pixel_values = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         expected = backbone(pixel_values).feature_maps
@@ -219,6 +219,37 @@ def test_folded_resnet_runs_wide_convolutions_through_winograd(monkeypatch):
     for ours, theirs in zip(folded, expected, strict=True):
         assert ours.is_contiguous()
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_folded_resnet_remembers_winograd_filters_until_parameters_or_statistics_change():
+    """The folded and transformed filters of a Winograd layer are computed once, and again after its weight or its
+    BatchNorm's running statistics change: the maps follow transformers' backbone every time."""
+    torch.manual_seed(0)
+    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
+    backbone = ResNetBackbone(config)
+    randomize_batch_norms(backbone)
+    backbone.eval()
+    pixel_values = torch.randn(1, 3, 256, 256)
+    layer = backbone.encoder.stages[1].layers[1].layer[0]  # a 128-channel stride-1 3x3 conv layer
+
+    def check():
+        with torch.inference_mode():
+            expected = backbone(pixel_values).feature_maps
+            folded = folded_resnet_feature_maps(backbone, pixel_values)
+        for ours, theirs in zip(folded, expected, strict=True):
+            scale = theirs.abs().max()
+            torch.testing.assert_close(ours / scale, theirs / scale, atol=2e-5, rtol=0)
+        return layer.__dict__["_hf_segmodels_winograd"][1][0]
+
+    filters = check()
+    assert check() is filters  # remembered
+    with torch.no_grad():
+        layer.normalization.running_var.mul_(4)
+    changed = check()
+    assert changed is not filters
+    with torch.no_grad():
+        layer.convolution.weight.add_(0.1)
+    assert check() is not changed
 
 
 def test_folded_resnet_only_with_running_statistics():

@@ -64,9 +64,15 @@ def test_winograd_is_used_only_where_it_pays_off():
         assert not winograd.worthwhile(big.double(), conv.weight.double())
         assert not winograd.worthwhile(big[:, :64], torch.nn.Conv2d(64, 128, 3).weight)  # too few channels
         assert not winograd.worthwhile(big, torch.nn.Conv2d(128, 64, 3).weight)  # too few output channels
+        narrow = torch.nn.Conv2d(96, 96, 3).weight
+        assert not winograd.worthwhile(torch.randn(1, 96, 32, 32), narrow)  # 64 tiles: too few for 96 channels
+        assert winograd.worthwhile(torch.randn(1, 96, 64, 64), narrow)  # 256 tiles
         wide = torch.nn.Conv2d(512, 512, 3).weight
-        assert not winograd.worthwhile(torch.randn(1, 512, 32, 32), wide)  # 64 tiles: too few for 512 channels
-        assert winograd.worthwhile(torch.randn(1, 512, 32, 64), wide)  # 128 tiles
+        assert winograd.worthwhile(torch.randn(1, 512, 16, 16), wide)  # 16 tiles are enough for 512 channels
+        assert not winograd.worthwhile(torch.randn(1, 512, 12, 12), wide)  # 9 tiles: too few at any width
+        # filters transformed at every call: 128 tiles for 512 channels
+        assert not winograd.worthwhile(torch.randn(1, 512, 32, 32), wide, filters_cached=False)
+        assert winograd.worthwhile(torch.randn(1, 512, 32, 64), wide, filters_cached=False)
     assert not winograd.worthwhile(big, conv.weight)  # autograd: training keeps PyTorch's kernels
     with torch.no_grad():
         strided = torch.nn.Conv2d(128, 128, 3, padding=1, stride=2)
@@ -80,16 +86,17 @@ def test_winograd_is_used_only_where_it_pays_off():
 
 
 def test_maskformer_with_winograd_matches_direct_convolutions(monkeypatch):
-    """A pixel decoder wide enough (96 channels, 64x64 masks) to take the Winograd path in its 3x3 convolutions at
-    1/8 and 1/4 resolution, the folded mask projection included: same outputs as with PyTorch's convolutions."""
+    """A pixel decoder wide enough (128 channels, 64x64 masks) to take the Winograd path in its 3x3 convolutions at
+    1/8 and 1/4 resolution, the folded mask projection (96 queries) included: same outputs as with PyTorch's
+    convolutions."""
     torch.manual_seed(0)
     config = tiny_config("maskformer", NUM_LABELS, decoder_config=tiny_maskformer_decoder(num_queries=96),
-                         fpn_feature_size=96, mask_feature_size=96)  # fmt: skip
+                         fpn_feature_size=128, mask_feature_size=128)  # fmt: skip
     model = MaskFormerForUniversalSegmentation(config).eval()
     pixel_values = torch.randn(1, 3, 256, 256)
     calls = []
     original = winograd.conv3x3
-    counting = lambda *args: calls.append(args[0].shape) or original(*args)  # noqa: E731
+    counting = lambda *args, **kwargs: calls.append(args[0].shape) or original(*args, **kwargs)  # noqa: E731
     monkeypatch.setattr(winograd, "conv3x3", counting)
     monkeypatch.setattr("hf_segmodels.maskformer.modeling_maskformer.winograd_conv3x3", counting)
     with torch.no_grad():
@@ -122,3 +129,106 @@ def test_winograd_convolution_compiles_and_steps_aside_under_compile():
         compiled = torch.compile(as_winograd(conv), backend=backend, fullgraph=True)
         torch.testing.assert_close(compiled(x), conv(x), rtol=0, atol=0)
         assert "conv2d" in graphs[0] and "einsum" not in graphs[0] and "bmm" not in graphs[0]
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 5, 16, 16), (2, 16, 24, 13, 22), (3, 32, 32, 7, 9), (1, 4, 4, 1, 1)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_graph_form_equals_conv2d(shape, with_bias):
+    """`conv3x3_graph` (standard operators: grouped convolutions, one batched product, pixel shuffle) computes the same
+    convolution, at sizes that are not multiples of the 4x4 tile."""
+    batch, channels, out_channels, height, width = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    weight = torch.randn(out_channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)
+    bias = torch.randn(out_channels, generator=generator) if with_bias else None
+    expected = F.conv2d(x, weight, bias, padding=1)
+    actual = winograd.conv3x3_graph(x, weight, bias)
+    assert actual.shape == expected.shape
+    scale = expected.abs().max()
+    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=2e-5)
+
+
+def test_graph_form_is_written_only_while_exporting():
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
+    x = torch.randn(1, 128, 8, 8)  # (too small for the eager kernel: the graph form asks for 5 x 5 only)
+    with torch.no_grad():
+        assert not winograd.graph_worthwhile(x, conv.weight)  # eager
+        assert winograd.conv3x3_for(x, conv.weight) is None
+        seen = []
+
+        class Probe(torch.nn.Module):
+            def forward(self, v):
+                seen.append((winograd.graph_worthwhile(v, conv.weight), winograd.worthwhile(v, conv.weight),
+                             winograd.graph_worthwhile(v[:, :96], conv.weight[:, :96])))  # fmt: skip
+                return v
+
+        torch.export.export(Probe(), (x,), strict=False)
+        assert seen == [(True, False, False)]  # 96 channels stay a plain convolution
+        seen.clear()
+        with kernels.disabled("winograd"):
+            torch.export.export(Probe(), (x,), strict=False)
+        assert seen == [(False, False, False)]
+        seen.clear()
+        torch.compile(Probe(), backend="eager", fullgraph=True)(x)  # torch.compile alone: inductor's convolution
+        assert seen == [(False, False, False)]
+
+
+def test_exported_winograd_runs_in_onnx_runtime_at_any_size(tmp_path):
+    """A wide convolution exported with dynamic height and width: the graph holds the Winograd form (no 3x3 Conv) and
+    ONNX Runtime reproduces PyTorch's direct convolution at sizes that are and are not multiples of 4."""
+    onnx = pytest.importorskip("onnx", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
+    ort = pytest.importorskip("onnxruntime", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
+    layer = as_winograd(conv).eval()
+    path = tmp_path / "conv.onnx"
+
+    def export(minimum):
+        dims = {"x": {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("h", min=minimum),
+                      3: torch.export.Dim("w", min=minimum)}}  # fmt: skip
+        with torch.no_grad():
+            program = torch.export.export(layer, (torch.randn(2, 128, 20, 24),), dynamic_shapes=dims, strict=False)
+            torch.onnx.export(program, dynamo=True, optimize=True).save(str(path))
+
+    # maps down to 2 pixels (one tile): the layer stays a plain convolution (and the dynamic export works)
+    export(2)
+    assert "DepthToSpace" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    export(5)
+    graph = onnx.load(str(path)).graph
+    operators = {node.op_type for node in graph.node}
+    assert {"MatMul", "DepthToSpace"} <= operators
+    kernels_3x3 = [node for node in graph.node if node.op_type == "Conv" and any(
+        attribute.name == "kernel_shape" and list(attribute.ints) == [3, 3] for attribute in node.attribute)]
+    assert not kernels_3x3
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 128, 17, 30), (3, 128, 32, 32), (1, 128, 5, 6)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = conv(x).numpy()
+        (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert actual.shape == expected.shape
+        assert abs(actual - expected).max() < 1e-4 * max(1.0, abs(expected).max())
+
+
+def test_transformed_filters_are_remembered_until_the_weights_change(monkeypatch):
+    torch.manual_seed(0)
+    layer = as_winograd(torch.nn.Conv2d(128, 128, 3, padding=1)).eval()
+    x = torch.randn(1, 128, 32, 32)
+    transforms = []
+    original = winograd.transform_filters
+    monkeypatch.setattr(winograd, "transform_filters", lambda w: transforms.append(1) or original(w))
+    with torch.inference_mode():
+        first = layer(x)
+        torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
+        assert len(transforms) == 1  # once for two calls
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place update (as load_state_dict does)
+    with torch.inference_mode():
+        second = layer(x)
+    assert len(transforms) == 2
+    expected = F.conv2d(x, layer.weight, layer.bias, padding=1)
+    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
+    layer.weight = torch.nn.Parameter(layer.weight.detach() / 2)  # a new parameter
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), first, rtol=1e-5, atol=1e-5)
+    assert len(transforms) == 3

@@ -10,26 +10,52 @@ from transformers.backbone_utils import load_backbone
 from ..kernels import active as kernel_active
 from ..layers import MultiHeadSelfAttention, ViTEncoder, tokens_to_feature_map
 from ..segformer.modeling_segformer import EfficientSelfAttention, SegformerModel
-from ..winograd import conv3x3 as winograd_conv3x3, worthwhile as winograd_worthwhile
+from ..winograd import (
+    cached,
+    conv3x3 as winograd_conv3x3,
+    conv3x3_for as winograd_conv3x3_for,
+    conv3x3_graph,
+    transform_filters,
+)
 from .configuration_maskformer import MaskFormerConfig
 
 
-def _conv_batch_norm(conv_layer: nn.Module, hidden_states: torch.Tensor, relu: bool) -> torch.Tensor:
-    """`BatchNorm(conv(x))` (then ReLU) of an eval-mode ResNet conv layer as ONE convolution: the BatchNorm's
-    per-channel affine map is folded into the convolution's weight and bias on the fly. The saved parameters are left
-    untouched; the folded weight is a temporary of one layer's size (cheaper than the BatchNorm pass it removes)."""
+def _folded(conv_layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of `conv_layer`'s convolution with its BatchNorm's per-channel affine map folded in."""
     conv, norm = conv_layer.convolution, conv_layer.normalization
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     bias = norm.bias - norm.running_mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-    if (conv.stride, conv.padding, conv.dilation, conv.groups) == ((1, 1), (1, 1), (1, 1), 1) and winograd_worthwhile(
-        hidden_states, weight
-    ):
-        output = winograd_conv3x3(hidden_states, weight, bias)  # the wide 3x3 convolutions of the middle stages
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+def _conv_batch_norm(conv_layer: nn.Module, hidden_states: torch.Tensor, relu: bool) -> torch.Tensor:
+    """`BatchNorm(conv(x))` (then ReLU) of an eval-mode ResNet conv layer as ONE convolution: the BatchNorm's
+    per-channel affine map is folded into the convolution's weight and bias on the fly (a temporary of one layer's
+    size, cheaper than the BatchNorm pass it removes). The saved parameters are left untouched. The wide 3x3
+    convolutions of the middle stages run as Winograd, their folded and transformed filters remembered on the layer
+    while its parameters and statistics are unchanged (`winograd.cached`)."""
+    conv, norm = conv_layer.convolution, conv_layer.normalization
+    winograd = None
+    if (conv.stride, conv.padding, conv.dilation, conv.groups) == ((1, 1), (1, 1), (1, 1), 1):
+        winograd = winograd_conv3x3_for(hidden_states, conv.weight)
+    if winograd is None or winograd is conv3x3_graph:
+        weight, bias = _folded(conv_layer)
+        if winograd is None:
+            output = F.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        else:  # (while exporting)
+            output = conv3x3_graph(hidden_states, weight, bias)
     else:
-        output = F.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        sources = (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        sources += (conv.bias,) if conv.bias is not None else ()
+
+        def transformed():
+            weight, bias = _folded(conv_layer)
+            return transform_filters(weight), bias
+
+        filters, bias = cached(conv_layer, transformed, *sources)
+        output = winograd_conv3x3(hidden_states, conv.weight, bias, filters=filters)
     return output.relu_() if relu else output
 
 

@@ -231,7 +231,7 @@ class MaskFormerPixelDecoder(nn.Module):
         # with a multiple of 32 output channels than with 100 (zero embeddings pad, cropped below)
         winograd_path = (
             padding == (1, 1)
-            and winograd_worthwhile(fpn_output, self.mask_projection.weight[:num_masks])
+            and winograd_worthwhile(fpn_output, self.mask_projection.weight[:num_masks], filters_cached=False)
             and not (torch.is_grad_enabled() and mask_embeddings.requires_grad)  # (the folded weights need autograd)
         )
         if not winograd_path and fpn_output.device.type == "cpu" and num_masks % 32:
