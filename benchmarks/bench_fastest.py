@@ -7,7 +7,8 @@
 Every case runs in its own process: a model of the release's size (random weights, 150 classes, from
 `<Arch>Config.from_preset`) is exported with `torch.onnx.export(dynamo=True)` (onnxscript's graph optimisation on;
 the TorchScript-based exporter if the dynamo one fails; the fast kernels step aside during export, so the graph holds
-standard operators, and SegFormer's merged decoder, itself standard operators, stays in it), loaded in ONNX Runtime (graph optimisations
+standard operators; SegFormer's merged decoder, MaskFormer's folded BatchNorms and Winograd convolutions, written in
+standard operators, stay in it), loaded in ONNX Runtime (graph optimisations
 on, `intra_op_num_threads` = the thread count) and timed against `fastest(model)(pixel_values=...)` in the same
 process, alternately (`benchmarks/timing.py`): medians of `--repeats`, process CPU time at 1 thread and wall time at
 more (CPU time counts every thread's work). Also reported: the max abs difference of the logits and the argmax

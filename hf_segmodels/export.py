@@ -5,7 +5,9 @@
 
 or `hf_segmodels.export.export_model(...)`: one entry point for all four architectures. The graph is captured with
 `torch.export` and written by `torch.onnx.export(dynamo=True)` (the fast kernels of `hf_segmodels.kernels` and the
-models' input checks step aside while a graph is captured, so it holds only standard operators); OpenVINO IR is
+models' input checks step aside while a graph is captured, so it holds only standard operators; the rewrites that are
+standard operators stay: SegFormer's merged decoder, and MaskFormer's folded BatchNorms and wide 3x3 convolutions as
+Winograd, see `hf_segmodels.kernels`); OpenVINO IR is
 converted from that ONNX graph and keeps its dynamic dimensions. Outputs: `logits` (and for MaskFormer also
 `class_queries_logits`, `masks_queries_logits`).
 

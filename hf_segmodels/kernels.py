@@ -3,16 +3,21 @@
 | name | what it does | where |
 | --- | --- | --- |
 | `onednn` | linear layers through oneDNN with GELU fused, under `hf_segmodels.fastest` where measured faster | `onednn.py`: ViT layers, MiT |
-| `winograd` | wide 3x3 convolutions as Winograd F(4x4, 3x3) | `winograd.py`: MaskFormer's pixel decoder and ResNet middle stages |
+| `winograd` | wide 3x3 convolutions as Winograd F(4x4, 3x3), in exported graphs too | `winograd.py`: MaskFormer's pixel decoder and ResNet's stages 2-4 |
 | `folded_batch_norm` | BatchNorm folded into the preceding convolution of eval-mode ResNets | MaskFormer's ResNet backbones |
 | `merged_decoder` | SegFormer's decoder with its fuse conv folded into per-stage matrices | SegFormer's decode head |
 
 Each gives the same numbers as PyTorch's own kernels up to float rounding, and each is used only where it can be
 (CPU inference, see the modules). The kernels step aside by themselves while a graph is captured: under
 `torch.compile` (the compiler fuses by itself), `torch.export`, `torch.onnx.export` and TorchScript tracing /
-scripting, so exported graphs contain only standard operators. `merged_decoder` stays on: it is written in standard
-operators (per-stage matrices, upsampling, additions), and a runtime cannot find the folding by itself (an exported
-SegFormer without it runs the concatenation and the 1x1 fuse convolution at 1/4 resolution: ~1.5x the work of B0).
+scripting, so exported graphs contain only standard operators. What can be written in standard operators stays:
+`merged_decoder` under every capture (per-stage matrices, upsampling, additions; a runtime cannot find the folding by
+itself: an exported SegFormer without it runs the concatenation and the 1x1 fuse convolution at 1/4 resolution, ~1.5x
+the work of B0), and in exported graphs (not under `torch.compile` alone) `folded_batch_norm` (the runtimes compute the
+folded weights once when they load the graph) and `winograd` in graph form (`winograd.conv3x3_graph`: grouped
+convolutions, one batched MatMul and DepthToSpace, which ONNX Runtime and OpenVINO run faster than their own 3x3
+convolution at 128+ channels). An export for another target (int8 quantisation of convolutions, a GPU runtime) can
+keep plain convolutions with `with hf_segmodels.kernels.disabled("winograd"): ...` around the export.
 
 Switches: `hf_segmodels.kernels.enabled["onednn"] = False` (one kernel), `with hf_segmodels.kernels.disabled(): ...`
 (all, or the ones named, for a block), or the environment variable `HF_SEGMODELS_FAST_KERNELS` read at import:
