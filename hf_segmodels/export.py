@@ -1,7 +1,7 @@
 """Export a model of this package to ONNX or OpenVINO IR for CPU deployment, and verify the exported graph.
 
     python -m hf_segmodels.export --model DIR --format onnx [openvino] --output OUT [--height H --width W]
-        [--batch_size B] [--static] [--opset N] [--atol 1e-4]
+        [--batch_size B] [--static] [--opset N] [--atol 1e-4] [--no_winograd]
 
 or `hf_segmodels.export.export_model(...)`: one entry point for all four architectures. The graph is captured with
 `torch.export` and written by `torch.onnx.export(dynamo=True)` (the fast kernels of `hf_segmodels.kernels` and the
@@ -46,6 +46,7 @@ is an `ExportVerificationError` (exit status 1). The image processor's config is
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
@@ -54,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import kernels
 
 FORMATS = ("onnx", "openvino")
 CONFIG_NAME = "export_config.json"
@@ -341,6 +344,7 @@ def export_model(
     atol: float = 1e-4,
     image_processor=None,
     verify_export: bool = True,
+    winograd: bool = True,
 ) -> dict:
     """Exports `model_or_path` (a model of this package, or its folder) to `output` (a folder): `model.onnx` and / or
     `openvino_model.xml` / `.bin` (`format`: "onnx", "openvino" or both as a tuple, from one capture), plus
@@ -348,7 +352,9 @@ def export_model(
     names, exporter). `height` x `width` and `batch_size` are the export size (the example the graph is captured on,
     and the verification's first input); `dynamic=False` fixes the graph to it. `opset`: None for the exporter's
     default. Returns the export config with the verification's `max_abs_difference` (the largest over the verified
-    formats and sizes) and `verified` (each format and size with its difference).
+    formats and sizes) and `verified` (each format and size with its difference). `winograd=False` keeps the wide 3x3
+    convolutions plain (for int8 quantisation of convolutions or reduced-precision runtimes: Winograd's transforms
+    need float32; see `hf_segmodels.kernels`).
 
     Raises `ValueError` for an unknown format or a size the dynamic export cannot take (the message names the
     rule), `ExportVerificationError` when the export does not reproduce the model within `atol`.
@@ -386,7 +392,8 @@ def export_model(
     (output / CONFIG_NAME).unlink(missing_ok=True)  # a previous export's; written again once this one is verified
     names = output_names(model)
     onnx_path = output / "model.onnx"
-    exporter, opset = _export_onnx(model, shape, onnx_path, dynamic, opset)
+    with contextlib.nullcontext() if winograd else kernels.disabled("winograd"):
+        exporter, opset = _export_onnx(model, shape, onnx_path, dynamic, opset)
     dynamic = dynamic and exporter == "dynamo"
     paths = {"onnx": onnx_path}
     if "openvino" in formats:
@@ -410,7 +417,7 @@ def export_model(
         "format": formats[0], "file": paths[formats[0]].name, "files": {each: paths[each].name for each in formats},
         "exporter": exporter, "opset": opset, "dynamic": dynamic, "input_shape": list(shape),
         "dynamic_axes": dynamic_axes, "size_rule": rule.as_dict() if dynamic else None, "outputs": list(names),
-        "model_type": model.config.model_type,
+        "model_type": model.config.model_type, "winograd": winograd,
     }  # fmt: skip
     if verify_export:
         shapes = [shape, second_shape(rule, shape)] if dynamic else [shape]
@@ -437,11 +444,14 @@ def main(argv=None) -> int:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's; dynamo writes >= 18).")
     parser.add_argument("--atol", type=float, default=1e-4, help="Largest accepted difference to PyTorch.")
     parser.add_argument("--no_verify", action="store_true", help="Skip running the exported graph.")
+    parser.add_argument("--no_winograd", action="store_true",
+                        help="Keep wide 3x3 convolutions plain (int8 / reduced-precision targets).")
     args = parser.parse_args(argv)
     try:
         config = export_model(args.model, args.output, tuple(args.format), height=args.height, width=args.width,
                               batch_size=args.batch_size, dynamic=not args.static, opset=args.opset,
-                              atol=args.atol, verify_export=not args.no_verify)  # fmt: skip
+                              atol=args.atol, verify_export=not args.no_verify,
+                              winograd=not args.no_winograd)  # fmt: skip
     except (ExportVerificationError, ValueError, ImportError, OSError) as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 1

@@ -15,9 +15,10 @@ scripting, so exported graphs contain only standard operators. What can be writt
 itself: an exported SegFormer without it runs the concatenation and the 1x1 fuse convolution at 1/4 resolution, ~1.5x
 the work of B0), and in exported graphs (not under `torch.compile` alone) `folded_batch_norm` (the runtimes compute the
 folded weights once when they load the graph) and `winograd` in graph form (`winograd.conv3x3_graph`: grouped
-convolutions, one batched MatMul and DepthToSpace, which ONNX Runtime and OpenVINO run faster than their own 3x3
-convolution at 128+ channels). An export for another target (int8 quantisation of convolutions, a GPU runtime) can
-keep plain convolutions with `with hf_segmodels.kernels.disabled("winograd"): ...` around the export.
+convolutions, one batched MatMul and DepthToSpace, which ONNX Runtime runs faster than its own 3x3 convolution at 128+
+channels, OpenVINO at 256+). Winograd needs float32: an export for another target (int8 quantisation of convolutions,
+bf16 / fp16 inference, a GPU runtime) keeps plain convolutions with `python -m hf_segmodels.export ... --no_winograd`
+or `with hf_segmodels.kernels.disabled("winograd"): ...` around the export.
 
 Switches: `hf_segmodels.kernels.enabled["onednn"] = False` (one kernel), `with hf_segmodels.kernels.disabled(): ...`
 (all, or the ones named, for a block), or the environment variable `HF_SEGMODELS_FAST_KERNELS` read at import:

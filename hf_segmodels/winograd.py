@@ -20,9 +20,10 @@ faster than their own direct convolution from 128 / 256 channels on (`EXPORT_MIN
 `benchmarks/bench_deploy.py`). Under `torch.compile` alone it steps aside (inductor picks its own convolution).
 """
 
+import weakref
+
 import torch
 import torch.nn.functional as F
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .kernels import active as kernel_active, capturing, exporting
 
@@ -56,8 +57,8 @@ UNCACHED_CHANNELS_PER_TILE = 4
 # floats per tile and channel: about 20 MB at 256 channels, freed after the band); measured faster than bands of 64 or
 # 128 tiles on 128-256 channel maps (fewer, larger matrix products).
 BAND_TILES = 256
-# In exported graphs (`conv3x3_graph`): convolutions with at least this many input and output channels, at any map
-# size (a dynamic graph cannot ask for the size). Measured at 1 thread against the runtimes' direct convolution:
+# In exported graphs (`conv3x3_graph`): convolutions with at least this many input and output channels (and maps large
+# enough, see `graph_worthwhile`). Measured at 1 thread against the runtimes' direct convolution:
 # ONNX Runtime 1.7-2.6x faster at 128-1024 channels (16x16 to 128x128 maps), 1.2x at 64; OpenVINO 1.2-1.6x at 256
 # and more, 0.96-1.17x at 128.
 EXPORT_MIN_CHANNELS = 128
@@ -102,29 +103,54 @@ def _output_transform(m: list[torch.Tensor], out: list[torch.Tensor]) -> None:
     torch.add(m1_minus_m2 + m[5], m3_minus_m4, alpha=8, out=out[3])
 
 
-def _state(tensors) -> tuple | None:
-    """Identifies the values of `tensors` (storage and version counter), or None for inference tensors (no version
-    counter: their changes cannot be seen)."""
-    try:
-        return tuple((tensor.data_ptr(), tensor._version) for tensor in tensors)
-    except RuntimeError:
-        return None
+def cacheable(*sources: torch.Tensor) -> bool:
+    """Whether a value derived from `sources` can be remembered (`cached`): not for inference tensors (no version
+    counter, so their changes cannot be seen), nor while autograd would need the derivation, nor while a graph is
+    captured."""
+    if capturing():
+        return False
+    return not any(tensor.is_inference() for tensor in sources) and not (
+        torch.is_grad_enabled() and any(tensor.requires_grad for tensor in sources)
+    )
+
+
+def _same(remembered: tuple, sources: tuple) -> bool:
+    """Whether `sources` are the tensors `remembered` ((detached view, version) pairs) held, unchanged since."""
+    return len(remembered) == len(sources) and all(
+        old.data_ptr() == new.data_ptr() and version == new._version and old.dtype == new.dtype
+        and old.device == new.device and old.shape == new.shape
+        for (old, version), new in zip(remembered, sources)
+    )  # fmt: skip
+
+
+# owner module -> (detached views of the sources, the derived value); weak, so that the cache is neither pickled,
+# deep-copied nor kept alive with a module that is gone
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def cached(owner: torch.nn.Module, compute, *sources: torch.Tensor):
-    """`compute()` (derived from the tensors `sources`, e.g. a layer's transformed filters), remembered on `owner` for
-    as long as `sources` are unchanged (same storage, same version counter: an in-place update or a new parameter
-    computes it again). Not cached for inference tensors, whose changes cannot be seen. The filters of constant weights
-    are transformed once instead of at every call (~2 ms for 256 x 256 channels, ~20 ms for 2048 x 256 at one
-    thread): the extra memory is 4x the layer's 3x3 weights."""
-    state = _state(sources)
-    remembered = owner.__dict__.get("_hf_segmodels_winograd")
-    if state is not None and remembered is not None and remembered[0] == state:
+    """`compute()` (derived from the tensors `sources`, e.g. a layer's transformed filters), remembered for `owner` for
+    as long as `sources` are unchanged: same storage (held by the cache, so it cannot be reused by another tensor),
+    same version counter, dtype, device and shape. An in-place update (`load_state_dict`, `param.mul_()` under
+    `no_grad`), a new parameter or a `.to()` computes it again; a write through `.data` or NumPy bypasses the version
+    counter and is not seen (call `clear_cache()` after one). Not cached when not `cacheable`. The filters of constant
+    weights are transformed once instead of at every call (~2 ms for 256 x 256 channels, ~20 ms for 2048 x 256 at one
+    thread); the extra memory is 4x the layer's 3x3 weights (~200 MB for MaskFormer-R50)."""
+    if not cacheable(*sources):
+        return compute()
+    remembered = _CACHE.get(owner)
+    if remembered is not None and _same(remembered[0], sources):
         return remembered[1]
     value = compute()
-    if state is not None:
-        owner.__dict__["_hf_segmodels_winograd"] = (state, value)
+    # (a detached view shares the storage, which keeps its address from being reused, and the version counter, so
+    # the version at this point is kept beside it)
+    _CACHE[owner] = (tuple((source.detach(), source._version) for source in sources), value)
     return value
+
+
+def clear_cache() -> None:
+    """Forgets every remembered transformed filter (`cached`)."""
+    _CACHE.clear()
 
 
 def transform_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -165,10 +191,11 @@ def _band(padded: torch.Tensor, filters: torch.Tensor, output: torch.Tensor) -> 
     output.copy_(tiles.permute(2, 3, 4, 0, 5, 1))
 
 
-def conv3x3_for(x: torch.Tensor, weight: torch.Tensor):
+def conv3x3_for(x: torch.Tensor, weight: torch.Tensor, filters_cached: bool = True):
     """The Winograd form for a stride-1, padding-1 3x3 convolution of `x` with `weight`: `conv3x3` where `worthwhile`
-    (eager CPU inference), `conv3x3_graph` where `graph_worthwhile` (export), else None (PyTorch's convolution)."""
-    if worthwhile(x, weight):
+    (eager CPU inference; `filters_cached`: whether its transformed filters are remembered), `conv3x3_graph` where
+    `graph_worthwhile` (export), else None (PyTorch's convolution)."""
+    if worthwhile(x, weight, filters_cached=filters_cached):
         return conv3x3
     if graph_worthwhile(x, weight):
         return conv3x3_graph
@@ -231,7 +258,7 @@ def conv3x3_graph(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         # (a slice to a symbolic size is a guard H <= 4 ceil(H / 4) that torch.export cannot prove; an index is not)
         output = output.index_select(2, torch.arange(height, device=x.device))
         output = output.index_select(3, torch.arange(width, device=x.device))
-    elif tuple(output.shape[-2:]) != (height, width):
+    else:  # (unconditional: a TorchScript trace with dynamic axes records the slice, not a size comparison)
         output = output[:, :, :height, :width]
     return output + bias.reshape(1, -1, 1, 1) if bias is not None else output
 
@@ -250,6 +277,8 @@ def _at_least(side, minimum: int) -> bool:
     """Whether a map side (an int, or a symbolic size of a dynamic export) is at least `minimum` for every input the
     graph takes (a symbolic size: provably from its declared range, without adding a guard)."""
     if isinstance(side, torch.SymInt):
+        from torch.fx.experimental.symbolic_shapes import statically_known_true
+
         return statically_known_true(side >= minimum)
     return side >= minimum
 
@@ -257,17 +286,16 @@ def _at_least(side, minimum: int) -> bool:
 def graph_worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a stride-1, padding-1 convolution of `x` (B, C, H, W) with `weight` (K, C, 3, 3) is written as
     `conv3x3_graph` in a graph being exported: enabled, float32, `EXPORT_MIN_CHANNELS` input and output channels or
-    more, and a map of at least 5 x 5 (2 x 2 tiles) for every input the graph takes: torch.export specialises a tile
-    count of 1, so in a dynamic graph whose size range reaches maps under 5 pixels the layer stays a plain
-    convolution. (Standard operators: autograd works through it.)"""
-    return (
-        kernel_active("winograd")
-        and exporting()
-        and _geometry_fits(x, weight)
-        and min(weight.shape[0], weight.shape[1]) >= EXPORT_MIN_CHANNELS
-        and _at_least(x.shape[-2], 5)
-        and _at_least(x.shape[-1], 5)
-    )
+    more, and at a fixed size `MIN_TILES` 4x4 tiles or more (the measured range); in a dynamic graph, a map of at least
+    5 x 5 (2 x 2 tiles) for every input the graph takes: torch.export specialises a tile count of 1, so where the size
+    range reaches maps under 5 pixels the layer stays a plain convolution. (Standard operators: autograd works
+    through it.)"""
+    if not (kernel_active("winograd") and exporting() and _geometry_fits(x, weight)):
+        return False
+    height, width = x.shape[-2:]
+    if isinstance(height, int) and isinstance(width, int):  # a fixed size: the measured range, 16 tiles and more
+        return min(weight.shape[:2]) >= EXPORT_MIN_CHANNELS and (-(-height // 4)) * (-(-width // 4)) >= MIN_TILES
+    return min(weight.shape[:2]) >= EXPORT_MIN_CHANNELS and _at_least(height, 5) and _at_least(width, 5)
 
 
 def worthwhile(x: torch.Tensor, weight: torch.Tensor, filters_cached: bool = True) -> bool:
@@ -306,7 +334,7 @@ class Conv2d(torch.nn.Conv2d):
             and self.groups == 1
             and self.padding_mode == "zeros"
         ):
-            winograd = conv3x3_for(x, self.weight)
+            winograd = conv3x3_for(x, self.weight, filters_cached=cacheable(self.weight))
             if winograd is conv3x3_graph:
                 return conv3x3_graph(x, self.weight, self.bias)
             if winograd is not None:

@@ -130,6 +130,15 @@ def test_wide_maskformer_exports_winograd_in_standard_operators_and_reproduces_p
     for value, reference in zip(run_exported(tmp_path / "model.onnx", "onnx", pixel_values.numpy()),
                                 pytorch_outputs(model, pixel_values)):  # fmt: skip
         np.testing.assert_allclose(value, reference, atol=1e-4, rtol=0)
+    # --no_winograd (int8 / reduced-precision targets): plain convolutions
+    folder = tmp_path / "folder"
+    model.save_pretrained(folder)
+    assert main(["--model", str(folder), "--output", str(tmp_path / "plain"), "--no_winograd", "--height", "64",
+                 "--width", "64", "--no_verify"]) == 0  # fmt: skip
+    plain = json.loads((tmp_path / "plain" / "export_config.json").read_text())
+    assert plain["winograd"] is False and config["winograd"] is True
+    nodes = onnx.load(str(tmp_path / "plain" / "model.onnx")).graph.node
+    assert "DepthToSpace" not in {node.op_type for node in nodes}
 
 
 def test_export_cli_from_a_folder_and_a_corrupted_export_fails_loudly(tmp_path, capsys):

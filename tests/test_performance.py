@@ -224,6 +224,8 @@ def test_folded_resnet_runs_wide_convolutions_through_winograd(monkeypatch):
 def test_folded_resnet_remembers_winograd_filters_until_parameters_or_statistics_change():
     """The folded and transformed filters of a Winograd layer are computed once, and again after its weight or its
     BatchNorm's running statistics change: the maps follow transformers' backbone every time."""
+    from hf_segmodels import winograd
+
     torch.manual_seed(0)
     config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
     backbone = ResNetBackbone(config)
@@ -239,7 +241,7 @@ def test_folded_resnet_remembers_winograd_filters_until_parameters_or_statistics
         for ours, theirs in zip(folded, expected, strict=True):
             scale = theirs.abs().max()
             torch.testing.assert_close(ours / scale, theirs / scale, atol=2e-5, rtol=0)
-        return layer.__dict__["_hf_segmodels_winograd"][1][0]
+        return winograd._CACHE[layer][1][0]
 
     filters = check()
     assert check() is filters  # remembered
@@ -250,6 +252,24 @@ def test_folded_resnet_remembers_winograd_filters_until_parameters_or_statistics
     with torch.no_grad():
         layer.convolution.weight.add_(0.1)
     assert check() is not changed
+
+
+def test_folded_resnet_with_frozen_convolutions_still_trains_its_batch_norm_affine_parameters():
+    """A frozen backbone but for one BatchNorm's weight (eval-mode statistics) after a wide 3x3 convolution: that layer
+    takes PyTorch's convolution through the folding, and the BatchNorm weight gets transformers' gradient."""
+    torch.manual_seed(0)
+    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
+    backbone = ResNetBackbone(config)
+    randomize_batch_norms(backbone)
+    backbone.eval()
+    backbone.requires_grad_(False)
+    norm = backbone.encoder.stages[1].layers[1].layer[0].normalization  # after a 128-channel 3x3 convolution
+    norm.weight.requires_grad_(True)  # (its input needs no gradient: only the folding would carry it)
+    pixel_values = torch.randn(1, 3, 256, 256)  # (stage 2 at 32x32: wide enough for Winograd)
+    sum(map(torch.sum, backbone(pixel_values).feature_maps)).backward()
+    expected, norm.weight.grad = norm.weight.grad.clone(), None
+    sum(map(torch.sum, folded_resnet_feature_maps(backbone, pixel_values))).backward()
+    torch.testing.assert_close(norm.weight.grad, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_folded_resnet_only_with_running_statistics():

@@ -1,6 +1,7 @@
 """Winograd F(4x4, 3x3) convolution: equal to F.conv2d up to float rounding, used only where it pays off."""
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -129,6 +130,7 @@ def test_winograd_convolution_compiles_and_steps_aside_under_compile():
         compiled = torch.compile(as_winograd(conv), backend=backend, fullgraph=True)
         torch.testing.assert_close(compiled(x), conv(x), rtol=0, atol=0)
         assert "conv2d" in graphs[0] and "einsum" not in graphs[0] and "bmm" not in graphs[0]
+        assert "matmul" not in graphs[0] and "pixel_shuffle" not in graphs[0]  # (nor the graph form)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 5, 16, 16), (2, 16, 24, 13, 22), (3, 32, 32, 7, 9), (1, 4, 4, 1, 1)])
@@ -150,7 +152,7 @@ def test_graph_form_equals_conv2d(shape, with_bias):
 
 def test_graph_form_is_written_only_while_exporting():
     conv = torch.nn.Conv2d(128, 128, 3, padding=1)
-    x = torch.randn(1, 128, 8, 8)  # (too small for the eager kernel: the graph form asks for 5 x 5 only)
+    x = torch.randn(1, 128, 16, 16)  # (16 tiles: too few for the eager kernel at 128 channels, enough for the graph)
     with torch.no_grad():
         assert not winograd.graph_worthwhile(x, conv.weight)  # eager
         assert winograd.conv3x3_for(x, conv.weight) is None
@@ -159,18 +161,19 @@ def test_graph_form_is_written_only_while_exporting():
         class Probe(torch.nn.Module):
             def forward(self, v):
                 seen.append((winograd.graph_worthwhile(v, conv.weight), winograd.worthwhile(v, conv.weight),
-                             winograd.graph_worthwhile(v[:, :96], conv.weight[:, :96])))  # fmt: skip
+                             winograd.graph_worthwhile(v[:, :96], conv.weight[:, :96]),  # 96 channels
+                             winograd.graph_worthwhile(v[..., :12, :12], conv.weight)))  # 9 tiles  # fmt: skip
                 return v
 
         torch.export.export(Probe(), (x,), strict=False)
-        assert seen == [(True, False, False)]  # 96 channels stay a plain convolution
+        assert seen == [(True, False, False, False)]
         seen.clear()
         with kernels.disabled("winograd"):
             torch.export.export(Probe(), (x,), strict=False)
-        assert seen == [(False, False, False)]
+        assert seen == [(False, False, False, False)]
         seen.clear()
         torch.compile(Probe(), backend="eager", fullgraph=True)(x)  # torch.compile alone: inductor's convolution
-        assert seen == [(False, False, False)]
+        assert seen == [(False, False, False, False)]
 
 
 def test_exported_winograd_runs_in_onnx_runtime_at_any_size(tmp_path):
@@ -232,3 +235,15 @@ def test_transformed_filters_are_remembered_until_the_weights_change(monkeypatch
     with torch.inference_mode():
         torch.testing.assert_close(layer(x), first, rtol=1e-5, atol=1e-5)
     assert len(transforms) == 3
+    other = as_winograd(torch.nn.Conv2d(128, 128, 3, padding=1)).eval()
+    layer.load_state_dict(other.state_dict())  # copies into the parameters in place
+    copied = copy.deepcopy(layer)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), other(x), rtol=0, atol=0)
+        torch.testing.assert_close(copied(x), other(x), rtol=0, atol=0)
+    assert len(transforms) == 6  # (layer, copied and other each transform their own)
+    with torch.no_grad():  # autograd on: PyTorch's convolution (nothing remembered for a graph)
+        pass
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    assert len(transforms) == 6 and x.grad is not None

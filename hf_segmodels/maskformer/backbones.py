@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.backbone_utils import load_backbone
 
-from ..kernels import active as kernel_active
+from ..kernels import active as kernel_active, capturing
 from ..layers import MultiHeadSelfAttention, ViTEncoder, tokens_to_feature_map
 from ..segformer.modeling_segformer import EfficientSelfAttention, SegformerModel
 from ..winograd import (
+    cacheable,
     cached,
     conv3x3 as winograd_conv3x3,
     conv3x3_for as winograd_conv3x3_for,
@@ -34,16 +35,21 @@ def _conv_batch_norm(conv_layer: nn.Module, hidden_states: torch.Tensor, relu: b
     """`BatchNorm(conv(x))` (then ReLU) of an eval-mode ResNet conv layer as ONE convolution: the BatchNorm's
     per-channel affine map is folded into the convolution's weight and bias on the fly (a temporary of one layer's
     size, cheaper than the BatchNorm pass it removes). The saved parameters are left untouched. The wide 3x3
-    convolutions of the middle stages run as Winograd, their folded and transformed filters remembered on the layer
+    convolutions of stages 2-4 run as Winograd, their folded and transformed filters remembered on the layer
     while its parameters and statistics are unchanged (`winograd.cached`)."""
     conv, norm = conv_layer.convolution, conv_layer.normalization
+    sources = (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    sources += (conv.bias,) if conv.bias is not None else ()
     winograd = None
     if (conv.stride, conv.padding, conv.dilation, conv.groups) == ((1, 1), (1, 1), (1, 1), 1):
-        winograd = winograd_conv3x3_for(hidden_states, conv.weight)
+        winograd = winograd_conv3x3_for(hidden_states, conv.weight, filters_cached=cacheable(*sources))
+    eager_winograd = winograd is not None and winograd is not conv3x3_graph
+    if eager_winograd and torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+        winograd = None  # (autograd through the folding: PyTorch's convolution)
     if winograd is None or winograd is conv3x3_graph:
         weight, bias = _folded(conv_layer)
         stride = conv.stride
-        if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and stride != (1, 1):
+        if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and stride != (1, 1) and not capturing():
             # a strided 1x1 convolution (the shortcut of a stage's first block) reads every stride-th pixel: subsample
             # first, then a dense 1x1 convolution (oneDNN's strided 1x1 ran at ~30% of the dense one's rate)
             hidden_states = hidden_states[:, :, :: stride[0], :: stride[1]]
@@ -53,8 +59,6 @@ def _conv_batch_norm(conv_layer: nn.Module, hidden_states: torch.Tensor, relu: b
         else:  # (while exporting)
             output = conv3x3_graph(hidden_states, weight, bias)
     else:
-        sources = (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var)
-        sources += (conv.bias,) if conv.bias is not None else ()
 
         def transformed():
             weight, bias = _folded(conv_layer)
