@@ -16,7 +16,7 @@ While a graph is exported (ONNX, OpenVINO, torch.export) the same algorithm is w
 (`conv3x3_graph`): the input transform as a grouped 6x6 / stride-4 convolution, the 36 products as one batched MatMul,
 the output transform as a grouped 1x1 convolution followed by DepthToSpace (pixel shuffle), and the filter transform
 as a MatMul of the weights that the runtimes compute once when they load the graph. ONNX Runtime and OpenVINO run it
-faster than their own direct convolution from 128 / 256 channels on (`EXPORT_MIN_CHANNELS`; measured by
+faster than their own direct convolution from 128 / 256 channels on (`EXPORT_MIN_CHANNELS`; whole models:
 `benchmarks/bench_deploy.py`). Under `torch.compile` alone it steps aside (inductor picks its own convolution).
 """
 

@@ -35,7 +35,7 @@ def _conv_batch_norm(conv_layer: nn.Module, hidden_states: torch.Tensor, relu: b
     """`BatchNorm(conv(x))` (then ReLU) of an eval-mode ResNet conv layer as ONE convolution: the BatchNorm's
     per-channel affine map is folded into the convolution's weight and bias on the fly (a temporary of one layer's
     size, cheaper than the BatchNorm pass it removes). The saved parameters are left untouched. The wide 3x3
-    convolutions of stages 2-4 run as Winograd, their folded and transformed filters remembered on the layer
+    convolutions of stages 2-4 run as Winograd, their folded and transformed filters remembered for the layer
     while its parameters and statistics are unchanged (`winograd.cached`)."""
     conv, norm = conv_layer.convolution, conv_layer.normalization
     sources = (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var)
