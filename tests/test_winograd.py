@@ -247,3 +247,22 @@ def test_transformed_filters_are_remembered_until_the_weights_change(monkeypatch
     x.requires_grad_(True)
     layer(x).sum().backward()
     assert len(transforms) == 6 and x.grad is not None
+
+
+def test_setr_pup_head_runs_its_wide_convolutions_through_winograd(monkeypatch):
+    """SETR-PUP's head with 128 channels: its 3x3 convolutions at 32x32 and larger take Winograd (the first, from the
+    narrow tiny encoder, does not); same logits as with PyTorch's convolutions."""
+    from hf_segmodels import testing_utils
+
+    model = testing_utils.tiny_model("setr", decoder_type="pup", decoder_hidden_size=128)
+    pixel_values = torch.randn(1, 3, 128, 128)  # (patch 8: a 16x16 grid, head convs at 16, 32, 64 and 128)
+    calls = []
+    original = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: calls.append(a[0].shape[-1]) or original(*a, **k))
+    with torch.no_grad():
+        fast = model(pixel_values=pixel_values).logits
+        with kernels.disabled("winograd"):
+            direct = model(pixel_values=pixel_values).logits
+    assert calls == [32, 64, 128]
+    scale = direct.abs().max()
+    torch.testing.assert_close(fast / scale, direct / scale, rtol=0, atol=2e-5)

@@ -11,6 +11,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from ..layers import MultiHeadSelfAttention, TransformerLayer, ViTEncoder, init_vit_weights, tokens_to_feature_map
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
+from ..winograd import Conv2d as WinogradConv2d
 from .configuration_setr import SetrConfig
 
 
@@ -22,8 +23,10 @@ def _upsample(hidden_states: torch.Tensor, scale: int, align_corners: bool = Fal
     return F.interpolate(hidden_states, size=size, mode="bilinear", align_corners=align_corners)
 
 
-class HeadConv2d(nn.Conv2d):
-    """A decoder conv followed by BatchNorm (Kaiming-normal initialised, as mmsegmentation's `ConvModule`)."""
+class HeadConv2d(WinogradConv2d):
+    """A decoder conv followed by BatchNorm (Kaiming-normal initialised, as mmsegmentation's `ConvModule`). The wide
+    3x3 ones (PUP: 256 channels up to 256x256 maps at 512x512 inputs) run as Winograd F(4x4, 3x3) at CPU inference
+    and in exported graphs (`hf_segmodels.winograd`)."""
 
 
 class ClassifierConv2d(nn.Conv2d):
