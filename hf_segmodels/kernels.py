@@ -3,7 +3,7 @@
 | name | what it does | where |
 | --- | --- | --- |
 | `onednn` | linear layers through oneDNN with GELU fused, under `hf_segmodels.fastest` where measured faster | `onednn.py`: ViT layers, MiT |
-| `winograd` | wide 3x3 convolutions as Winograd F(4x4, 3x3), in exported graphs too | `winograd.py`: MaskFormer's pixel decoder and ResNet's stages 2-4 |
+| `winograd` | wide 3x3 convolutions as Winograd F(4x4, 3x3), in exported graphs too | `winograd.py`: MaskFormer's pixel decoder and ResNet's stages 2-4, SETR's PUP / MLA heads |
 | `folded_batch_norm` | BatchNorm folded into the preceding convolution of eval-mode ResNets | MaskFormer's ResNet backbones |
 | `merged_decoder` | SegFormer's decoder with its fuse conv folded into per-stage matrices | SegFormer's decode head |
 
