@@ -58,13 +58,7 @@ enabled: dict[str, bool] = _from_environment()
 
 def capturing() -> bool:
     """True while torch.compile, torch.export, torch.onnx.export or TorchScript capture a graph."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-    )
+    return torch.compiler.is_compiling() or exporting()
 
 
 def exporting() -> bool:
