@@ -214,7 +214,7 @@ def conv3x3(
     which bounds the extra memory (the transformed inputs and products of one band) and keeps it cache-friendly."""
     batch, channels, height, width = x.shape
     out_channels = weight.shape[0]
-    tiles_h, tiles_w = -(-height // 4), -(-width // 4)
+    tiles_h, tiles_w = _tiles(height), _tiles(width)
     # zero padding: 1 before (the convolution's), and after up to whole 6x6 tiles with stride 4 (+2 spare columns)
     padded = x.new_empty(batch, channels, 4 * tiles_h + 2, 4 * tiles_w + 4)
     padded[:, :, 1 : height + 1, 1 : width + 1] = x  # (only the margins are zeroed: no pass over the whole map)
@@ -263,6 +263,11 @@ def conv3x3_graph(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return output + bias.reshape(1, -1, 1, 1) if bias is not None else output
 
 
+def _tiles(side: int) -> int:
+    """4x4 output tiles along a map side: ceil(side / 4)."""
+    return -(-side // 4)
+
+
 def _geometry_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         x.dtype == weight.dtype == torch.float32
@@ -292,10 +297,12 @@ def graph_worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
     through it.)"""
     if not (kernel_active("winograd") and exporting() and _geometry_fits(x, weight)):
         return False
+    if min(weight.shape[:2]) < EXPORT_MIN_CHANNELS:
+        return False
     height, width = x.shape[-2:]
     if isinstance(height, int) and isinstance(width, int):  # a fixed size: the measured range, 16 tiles and more
-        return min(weight.shape[:2]) >= EXPORT_MIN_CHANNELS and (-(-height // 4)) * (-(-width // 4)) >= MIN_TILES
-    return min(weight.shape[:2]) >= EXPORT_MIN_CHANNELS and _at_least(height, 5) and _at_least(width, 5)
+        return _tiles(height) * _tiles(width) >= MIN_TILES
+    return _at_least(height, 5) and _at_least(width, 5)
 
 
 def worthwhile(x: torch.Tensor, weight: torch.Tensor, filters_cached: bool = True) -> bool:
@@ -309,7 +316,7 @@ def worthwhile(x: torch.Tensor, weight: torch.Tensor, filters_cached: bool = Tru
     out_channels, channels = weight.shape[:2]
     if min(out_channels, channels) < MIN_CHANNELS:
         return False
-    tiles = -(-x.shape[-2] // 4) * -(-x.shape[-1] // 4)
+    tiles = _tiles(x.shape[-2]) * _tiles(x.shape[-1])
     width = 2 * out_channels * channels / (out_channels + channels)  # (harmonic mean)
     enough_tiles = tiles >= max(MIN_TILES, TILE_CHANNELS / width)
     if not filters_cached:
