@@ -43,22 +43,9 @@ def _conv_batch_norm(conv_layer: nn.Module, hidden_states: torch.Tensor, relu: b
     winograd = None
     if (conv.stride, conv.padding, conv.dilation, conv.groups) == ((1, 1), (1, 1), (1, 1), 1):
         winograd = winograd_conv3x3_for(hidden_states, conv.weight, filters_cached=cacheable(*sources))
-    eager_winograd = winograd is not None and winograd is not conv3x3_graph
-    if eager_winograd and torch.is_grad_enabled() and any(t.requires_grad for t in sources):
-        winograd = None  # (autograd through the folding: PyTorch's convolution)
-    if winograd is None or winograd is conv3x3_graph:
-        weight, bias = _folded(conv_layer)
-        stride = conv.stride
-        if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and stride != (1, 1) and not capturing():
-            # a strided 1x1 convolution (the shortcut of a stage's first block) reads every stride-th pixel: subsample
-            # first, then a dense 1x1 convolution (oneDNN's strided 1x1 ran at ~30% of the dense one's rate)
-            hidden_states = hidden_states[:, :, :: stride[0], :: stride[1]]
-            stride = (1, 1)
-        if winograd is None:
-            output = F.conv2d(hidden_states, weight, bias, stride, conv.padding, conv.dilation, conv.groups)
-        else:  # (while exporting)
-            output = conv3x3_graph(hidden_states, weight, bias)
-    else:
+    if winograd is conv3x3_graph:  # (while exporting)
+        output = conv3x3_graph(hidden_states, *_folded(conv_layer))
+    elif winograd is not None and not (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
 
         def transformed():
             weight, bias = _folded(conv_layer)
@@ -66,6 +53,15 @@ def _conv_batch_norm(conv_layer: nn.Module, hidden_states: torch.Tensor, relu: b
 
         filters, bias = cached(conv_layer, transformed, *sources)
         output = winograd_conv3x3(hidden_states, conv.weight, bias, filters=filters)
+    else:  # (also where autograd runs through the folding)
+        weight, bias = _folded(conv_layer)
+        stride = conv.stride
+        if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and stride != (1, 1) and not capturing():
+            # a strided 1x1 convolution (the shortcut of a stage's first block) reads every stride-th pixel: subsample
+            # first, then a dense 1x1 convolution (oneDNN's strided 1x1 ran at ~30% of the dense one's rate)
+            hidden_states = hidden_states[:, :, :: stride[0], :: stride[1]]
+            stride = (1, 1)
+        output = F.conv2d(hidden_states, weight, bias, stride, conv.padding, conv.dilation, conv.groups)
     return output.relu_() if relu else output
 
 
