@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from timing import interleaved_medians  # noqa: E402
+from timing import interleaved_medians, onnxruntime_options  # noqa: E402
 
 CASES = {
     "segformer-b0": "SegFormer-B0",
@@ -175,12 +175,8 @@ def runtime(path: Path, format: str, threads: int):
     if format == "onnx":
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        # ORT's idle workers spin after a run and take a core from whatever runs next in the interleaved loop (~7%
-        # slower at 2 threads); ORT's own time is the same without spinning (measured)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), onnxruntime_options(threads),
+                                               providers=["CPUExecutionProvider"])  # fmt: skip
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
     import openvino

@@ -93,7 +93,7 @@ def run_case(
     import onnxruntime as ort
 
     import hf_segmodels
-    from timing import interleaved
+    from timing import interleaved, onnxruntime_options
 
     architecture, model = build(case)
     pixel_values = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -108,11 +108,7 @@ def run_case(
         fast = hf_segmodels.fastest(model)
         for count in threads:
             torch.set_num_threads(count)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = count, 1
-            # ORT's idle workers spin after a run and take a core from whatever runs next in the interleaved loop
-            # (ours ~7% slower at 2 threads); ORT's own time is the same without spinning (measured)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options = onnxruntime_options(count)  # (workers that do not spin)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
