@@ -197,16 +197,22 @@ def test_folded_resnet_equals_transformers_backbone(layer_type):
     assert all(torch.equal(state[name], tensor) for name, tensor in backbone.state_dict().items())
 
 
+def wide_resnet_backbone() -> ResNetBackbone:
+    """A seeded eval-mode ResNet with random BatchNorm statistics whose second stage (128 channels, 32x32 at 256x256
+    inputs) is wide enough for Winograd."""
+    torch.manual_seed(0)
+    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
+    backbone = ResNetBackbone(config)
+    randomize_batch_norms(backbone)
+    return backbone.eval()
+
+
 def test_folded_resnet_runs_wide_convolutions_through_winograd(monkeypatch):
     """A stage wide enough (128 channels at 32x32) takes the Winograd path for its stride-1 3x3 convolutions (BatchNorm
     folded in first); the stem runs channels-last for the max-pool. Same maps as transformers' backbone."""
     from hf_segmodels.maskformer import backbones
 
-    torch.manual_seed(0)
-    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
-    backbone = ResNetBackbone(config)
-    randomize_batch_norms(backbone)
-    backbone.eval()
+    backbone = wide_resnet_backbone()
     calls = []
     original = backbones.winograd_conv3x3
     monkeypatch.setattr(backbones, "winograd_conv3x3", lambda x, *args, **kwargs: calls.append(x.shape) or original(x, *args, **kwargs))
@@ -226,11 +232,7 @@ def test_folded_resnet_remembers_winograd_filters_until_parameters_or_statistics
     BatchNorm's running statistics change: the maps follow transformers' backbone every time."""
     from hf_segmodels import winograd
 
-    torch.manual_seed(0)
-    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
-    backbone = ResNetBackbone(config)
-    randomize_batch_norms(backbone)
-    backbone.eval()
+    backbone = wide_resnet_backbone()
     pixel_values = torch.randn(1, 3, 256, 256)
     layer = backbone.encoder.stages[1].layers[1].layer[0]  # a 128-channel stride-1 3x3 conv layer
 
@@ -257,11 +259,7 @@ def test_folded_resnet_remembers_winograd_filters_until_parameters_or_statistics
 def test_folded_resnet_with_frozen_convolutions_still_trains_its_batch_norm_affine_parameters():
     """A frozen backbone but for one BatchNorm's weight (eval-mode statistics) after a wide 3x3 convolution: that layer
     takes PyTorch's convolution through the folding, and the BatchNorm weight gets transformers' gradient."""
-    torch.manual_seed(0)
-    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
-    backbone = ResNetBackbone(config)
-    randomize_batch_norms(backbone)
-    backbone.eval()
+    backbone = wide_resnet_backbone()
     backbone.requires_grad_(False)
     norm = backbone.encoder.stages[1].layers[1].layer[0].normalization  # after a 128-channel 3x3 convolution
     norm.weight.requires_grad_(True)  # (its input needs no gradient: only the folding would carry it)

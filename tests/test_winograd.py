@@ -17,12 +17,8 @@ from hf_segmodels import MaskFormerForUniversalSegmentation, kernels, winograd
 @pytest.mark.parametrize("band_tiles", [None, 16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_conv3x3_equals_conv2d(shape, with_bias, band_tiles, layout):
-    batch, channels, out_channels, height, width = shape
-    generator = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(batch, channels, height, width, generator=generator)
-    weight = torch.randn(out_channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)
-    bias = torch.randn(out_channels, generator=generator) if with_bias else None
-    expected = F.conv2d(x, weight, bias, padding=1)
+    x, weight, bias, expected = convolution_case(shape, with_bias)
+    width = x.shape[-1]
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
@@ -32,6 +28,21 @@ def test_conv3x3_equals_conv2d(shape, with_bias, band_tiles, layout):
     with _deterministic():
         actual = winograd.conv3x3(x, weight, bias, band_tiles=band_tiles)
     assert actual.shape == expected.shape and actual.is_contiguous()
+    assert_close_at_scale(actual, expected)
+
+
+def convolution_case(shape: tuple[int, ...], with_bias: bool):
+    """(x, weight, bias, F.conv2d's output) for shape (batch, channels, out_channels, height, width), seeded by it."""
+    batch, channels, out_channels, height, width = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    weight = torch.randn(out_channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)
+    bias = torch.randn(out_channels, generator=generator) if with_bias else None
+    return x, weight, bias, F.conv2d(x, weight, bias, padding=1)
+
+
+def assert_close_at_scale(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal within 2e-5 of the expected output's largest magnitude (Winograd's rounding, ~1e-5 of the scale)."""
     scale = expected.abs().max()
     torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=2e-5)
 
@@ -138,16 +149,10 @@ def test_winograd_convolution_compiles_and_steps_aside_under_compile():
 def test_graph_form_equals_conv2d(shape, with_bias):
     """`conv3x3_graph` (standard operators: grouped convolutions, one batched product, pixel shuffle) computes the same
     convolution, at sizes that are not multiples of the 4x4 tile."""
-    batch, channels, out_channels, height, width = shape
-    generator = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(batch, channels, height, width, generator=generator)
-    weight = torch.randn(out_channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)
-    bias = torch.randn(out_channels, generator=generator) if with_bias else None
-    expected = F.conv2d(x, weight, bias, padding=1)
+    x, weight, bias, expected = convolution_case(shape, with_bias)
     actual = winograd.conv3x3_graph(x, weight, bias)
     assert actual.shape == expected.shape
-    scale = expected.abs().max()
-    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=2e-5)
+    assert_close_at_scale(actual, expected)
 
 
 def test_graph_form_is_written_only_while_exporting():
@@ -264,5 +269,4 @@ def test_setr_pup_head_runs_its_wide_convolutions_through_winograd(monkeypatch):
         with kernels.disabled("winograd"):
             direct = model(pixel_values=pixel_values).logits
     assert calls == [32, 64, 128]
-    scale = direct.abs().max()
-    torch.testing.assert_close(fast / scale, direct / scale, rtol=0, atol=2e-5)
+    assert_close_at_scale(fast, direct)
