@@ -5,6 +5,7 @@
     python benchmarks/run_all.py --cases segformer-b0 maskformer-r50 --repeats 7
     python benchmarks/run_all.py --threads 2 --clock wall   # on an otherwise idle machine
     python benchmarks/run_all.py --deploy --repeats 7       # the deployment runtimes (bench_deploy.py): deploy.md
+    python benchmarks/run_all.py --profile                  # where the time goes, ours and ORT (profile_cpu.py)
 
 Every comparison runs in its own fresh process (`--_case`), builds both models with IDENTICAL weights through the
 per-architecture benchmark scripts (bench_segformer / bench_maskformer / bench_segmenter / bench_setr), checks that
@@ -162,6 +163,17 @@ def graph_breaks(model, num_channels: int = 3, size: int = 128) -> dict:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def fastest_logits(model, pixel_values: torch.Tensor, compile: bool):
+    """A function giving `hf_segmodels.fastest(model, compile=compile)(pixel_values=...).logits`; `fastest` is
+    called at the first call (it switches process-wide settings, so not before the rows that precede it)."""
+    import hf_segmodels
+
+    def run():
+        return hf_segmodels.fastest(model, compile=compile)(pixel_values=pixel_values).logits
+
+    return run
+
+
 def build_segformer(variant: str, size: int, folder: Path) -> dict:
     import transformers
 
@@ -183,7 +195,19 @@ def build_segformer(variant: str, size: int, folder: Path) -> dict:
                 "ours": lambda: ours(pixel_values).logits,
                 "peer": lambda: peer(pixel_values).logits,
                 "peer_name": "transformers SegformerForSemanticSegmentation (sdpa)",
-            }
+            },
+            # the package's fastest CPU path (after the plain rows: it switches process-wide settings), eager and
+            # compiled; the same work, so the same FLOP count and % of the matmul peak
+            "forward, fastest()": {
+                "ours": fastest_logits(ours, pixel_values, compile=False),
+                "peer": lambda: peer(pixel_values).logits,
+                "peer_name": "transformers SegformerForSemanticSegmentation (sdpa)",
+            },
+            "forward, fastest(compile=True)": {
+                "ours": fastest_logits(ours, pixel_values, compile=True),
+                "peer": lambda: peer(pixel_values).logits,
+                "peer_name": "transformers SegformerForSemanticSegmentation (sdpa)",
+            },
         },
         "whole": lambda: ours(pixel_values),
         "post": {
@@ -384,9 +408,10 @@ def run_case(name: str, args) -> dict:
                 "timings": stats,
                 "matmul_peak_gflops": matmul_gflops,
             }
-            if work in ("whole model", "forward") or work == "forward + panoptic post-processing":
+            fastest_row = work.startswith("forward, fastest")
+            if work in ("whole model", "forward") or work == "forward + panoptic post-processing" or fastest_row:
                 result["whole_model_gflop"] = flops / 1e9
-            if work == "whole model" or (work == "forward" and "whole model" not in case["rows"]):
+            if work == "whole model" or (work == "forward" and "whole model" not in case["rows"]) or fastest_row:
                 achieved = flops / ours_s / 1e9
                 result["achieved_gflops"] = achieved
                 result["fraction_of_matmul_peak"] = achieved / matmul_gflops
@@ -523,10 +548,20 @@ def main(argv=None):
                         help="instead: ours in PyTorch against transformers' models and our exports in ONNX Runtime "
                              "and OpenVINO (bench_deploy.py: SegFormer-B0/B2, MaskFormer R50 / Swin-T, the "
                              "Segmenter-B/16 and SETR-L encoders at 1 and 2 threads; writes deploy.md into --output)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where the time goes, per category of operator, in our fastest path and in "
+                             "ONNX Runtime on our graph and on transformers' (profile_cpu.py: the cases of "
+                             "--fastest_vs_ort and --deploy at --threads; writes profile_cpu.md into --output)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     parser.add_argument("--_json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:  # ONNX Runtime is an optional extra
+        import profile_cpu
+
+        profile_cpu.main(["--size", str(args.size), "--threads", str(args.threads), "--output",
+                          str(Path(args.output) / "profile_cpu.md")])  # fmt: skip
+        return
     if args.fastest_vs_ort:  # the deployment-runtime section (ONNX Runtime is an optional extra)
         import bench_fastest
 
