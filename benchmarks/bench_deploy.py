@@ -197,6 +197,14 @@ def available_formats() -> list[str]:
     return formats
 
 
+def run_as_fastest(module: torch.nn.Module, pixel_values: torch.Tensor):
+    """A part of a model (the encoder) run the way `hf_segmodels.fastest(model)` runs the model, once `fastest` has
+    switched the process-wide settings (the measured kernels, the allocator): in eval and inference mode."""
+    module.eval()
+    with torch.inference_mode():
+        return module(pixel_values)
+
+
 def run_case(case: str, threads: int, size: int, repeats: int, folder: Path) -> dict:
     """One case at one thread count (in its own process): medians in seconds and max abs differences per row."""
     import hf_segmodels
@@ -238,8 +246,7 @@ def run_case(case: str, threads: int, size: int, repeats: int, folder: Path) -> 
         if isinstance(ours_module, _Outputs):  # fastest(model)(pixel_values=...), the outputs of our export
             outputs = fast(pixel_values=pixel_values)
             return tuple(getattr(outputs, name) for name in ours_module.names)
-        # the encoder alone, the way fastest(model) runs the model (eval, inference mode, the measured kernels)
-        return fast._run(ours_module, pixel_values)
+        return run_as_fastest(ours_module, pixel_values)
 
     differences["ours fastest"] = difference(fastest())
     second = interleaved_medians({"ours fastest": fastest, **peers}, repeats=repeats, clock=clock)
