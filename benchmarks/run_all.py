@@ -5,7 +5,7 @@
     python benchmarks/run_all.py --cases segformer-b0 maskformer-r50 --repeats 7
     python benchmarks/run_all.py --threads 2 --clock wall   # on an otherwise idle machine
     python benchmarks/run_all.py --deploy --repeats 7       # the deployment runtimes (bench_deploy.py): deploy.md
-    python benchmarks/run_all.py --profile                  # where the time goes, ours and ORT (profile_cpu.py)
+    python benchmarks/run_all.py --profile                  # where the time goes, ours and the runtimes (profile_cpu.py)
 
 Every comparison runs in its own fresh process (`--_case`), builds both models with IDENTICAL weights through the
 per-architecture benchmark scripts (bench_segformer / bench_maskformer / bench_segmenter / bench_setr), checks that
@@ -14,8 +14,9 @@ they compute the same thing (max abs diff reported), and times them on the same 
 - peers: transformers' `SegformerForSemanticSegmentation` and `MaskFormerForInstanceSegmentation` (+ the einsum of its
   semantic post-processing, which our forward includes); for Segmenter and SETR, which transformers does not port,
   transformers' `ViTModel` (sdpa) of the same size against our encoder, and the whole model's FLOP count
-  (`torch.utils.flop_counter`, attention's products included: `count_flops`) against this machine's measured fp32 matmul throughput as the physical anchor
-  (`achieved GFLOP/s / peak GFLOP/s`, where the peak is a 1536^3 `torch.mm` timed in the same interleaved loop).
+  (`torch.utils.flop_counter`, attention's products included: `count_flops`) against this machine's measured fp32
+  matmul throughput as the physical anchor (`achieved GFLOP/s / peak GFLOP/s`, where the peak is a 1536^3 `torch.mm`
+  timed in the same interleaved loop); also for SegFormer's `fastest()` / `fastest(compile=True)` rows.
 - timing: after warm-up, ours, the peer and the matmul probe run alternately `--repeats` times and the medians are
   reported, with the noise `(p75 - p25) / median`. Both the process CPU time and the wall time are recorded; `--clock`
   picks which one the table shows. The default (1 thread, CPU time) is the stable measure on a machine shared with
@@ -549,9 +550,10 @@ def main(argv=None):
                              "and OpenVINO (bench_deploy.py: SegFormer-B0/B2, MaskFormer R50 / Swin-T, the "
                              "Segmenter-B/16 and SETR-L encoders at 1 and 2 threads; writes deploy.md into --output)")
     parser.add_argument("--profile", action="store_true",
-                        help="instead: where the time goes, per category of operator, in our fastest path and in "
-                             "ONNX Runtime on our graph and on transformers' (profile_cpu.py: the cases of "
-                             "--fastest_vs_ort and --deploy at --threads; writes profile_cpu.md into --output)")
+                        help="instead: where the time goes, per category of operator, in our fastest path, in ONNX "
+                             "Runtime on our graph and in ONNX Runtime / OpenVINO on transformers' (profile_cpu.py: "
+                             "the cases of --fastest_vs_ort and --deploy at --threads; writes profile_cpu.md into "
+                             "--output)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     parser.add_argument("--_json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
