@@ -48,6 +48,7 @@ def test_profile_categories():
     assert profile_cpu.pytorch_category("aten.add_.Tensor") == "element-wise"
     assert profile_cpu.ort_category("FusedMatMul") == "matrix products"
     assert profile_cpu.ort_category("DepthToSpace") == "data movement"
+    assert profile_cpu.ort_category("Einsum") == "matrix products"  # (MaskFormer's semantic scores)
     assert profile_cpu.ort_category("SomethingNew") == "other"
 
 
