@@ -169,6 +169,12 @@ def exports(name: str, size: int, folder: Path, case: dict, formats: list[str]) 
     return json.loads(record.read_text())
 
 
+def openvino_settings(threads: int) -> dict:
+    """OpenVINO's CPU plugin settings of every OpenVINO row: `threads` threads, float32 inference (no bf16 on CPUs
+    that have it)."""
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+
+
 def runtime(path: Path, format: str, threads: int):
     """A callable running the graph (ONNX, or OpenVINO IR / ONNX in OpenVINO) with `threads` threads on a numpy
     input; returns all its outputs in order."""
@@ -181,8 +187,7 @@ def runtime(path: Path, format: str, threads: int):
         return lambda x: session.run(None, {name: x})
     import openvino
 
-    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                                "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+    compiled = openvino.Core().compile_model(str(path), "CPU", openvino_settings(threads))
     return lambda x: [np.asarray(value) for value in compiled(x).values()]
 
 

@@ -100,9 +100,9 @@ _OPENVINO = {
 def pytorch_category(name: str) -> str:
     """The category of an ATen operator (`aten.addmm.default` -> "matrix products")."""
     op = name.split(".")[1] if name.count(".") >= 1 else name
-    for category, names in _PYTORCH.items():
-        if op in names:
-            return category
+    category = _category(_PYTORCH, op)
+    if category != "other":
+        return category
     if op in _ELEMENTWISE_PYTORCH:
         return "element-wise"
     if op in ("view", "reshape", "permute", "transpose", "expand", "unflatten", "flatten", "select", "slice",
@@ -112,18 +112,21 @@ def pytorch_category(name: str) -> str:
     return "other"
 
 
-def ort_category(op_type: str) -> str:
-    for category, names in _ORT.items():
-        if op_type in names:
+def _category(table: dict, name: str) -> str:
+    for category, names in table.items():
+        if name in names:
             return category
     return "other"
+
+
+def ort_category(op_type: str) -> str:
+    """The category of an ONNX Runtime node's operator type ("FusedMatMul" -> "matrix products")."""
+    return _category(_ORT, op_type)
 
 
 def openvino_category(node_type: str) -> str:
-    for category, names in _OPENVINO.items():
-        if node_type in names:
-            return category
-    return "other"
+    """The category of an OpenVINO compiled-graph node type ("FullyConnected" -> "matrix products")."""
+    return _category(_OPENVINO, node_type)
 
 
 class _CpuTimes(torch.utils._python_dispatch.TorchDispatchMode):
@@ -146,25 +149,36 @@ def _clock(threads: int):
     return time.process_time if threads == 1 else time.perf_counter
 
 
-def profile_pytorch(function, threads: int, repeats: int) -> dict:
-    """{category: ms per run} of `function()` (ours), and the ms per run without the profiler (`_clock`)."""
+def _ms_per_run(function, threads: int, repeats: int) -> float:
+    """Milliseconds per call of `function()` without a profiler (`_clock`), after two warm-up calls."""
     clock = _clock(threads)
     for _ in range(2):
         function()
     start = clock()
     for _ in range(repeats):
         function()
-    plain_ms = 1e3 * (clock() - start) / repeats
+    return 1e3 * (clock() - start) / repeats
+
+
+def _summary(operator_ms, category, repeats: int, measured_ms: float) -> dict:
+    """`operator_ms`: (operator, ms) pairs summed over `repeats` runs -> per run: ms per category (`category` of an
+    operator), the eight costliest operators, and `measured_ms` (the same side without a profiler)."""
+    per_category, operators = collections.Counter(), collections.Counter()
+    for operator, ms in operator_ms:
+        per_category[category(operator)] += ms / repeats
+        operators[operator] += ms / repeats
+    return {"categories": dict(per_category), "top": operators.most_common(8), "measured_ms": measured_ms}
+
+
+def profile_pytorch(function, threads: int, repeats: int) -> dict:
+    """{category: ms per run} of `function()` (ours), and the ms per run without the profiler (`_clock`)."""
+    measured_ms = _ms_per_run(function, threads, repeats)
     mode = _CpuTimes()
     with mode:
         for _ in range(repeats):
             function()
-    per_category = collections.Counter()
-    operators = collections.Counter()
-    for name, seconds in mode.seconds.items():
-        per_category[pytorch_category(name)] += 1e3 * seconds / repeats
-        operators[name] += 1e3 * seconds / repeats
-    return {"categories": dict(per_category), "top": operators.most_common(8), "measured_ms": plain_ms}
+    return _summary(((name, 1e3 * seconds) for name, seconds in mode.seconds.items()), pytorch_category, repeats,
+                    measured_ms)  # fmt: skip
 
 
 def profile_ort(path: Path, pixel_values: np.ndarray, threads: int, repeats: int, folder: Path) -> dict:
@@ -178,13 +192,7 @@ def profile_ort(path: Path, pixel_values: np.ndarray, threads: int, repeats: int
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     plain = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = plain.get_inputs()[0].name
-    clock = _clock(threads)
-    for _ in range(2):
-        plain.run(None, {name: pixel_values})
-    start = clock()
-    for _ in range(repeats):
-        plain.run(None, {name: pixel_values})
-    plain_ms = 1e3 * (clock() - start) / repeats
+    measured_ms = _ms_per_run(lambda: plain.run(None, {name: pixel_values}), threads, repeats)
     del plain
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / f"ort-{path.stem}")
@@ -196,16 +204,12 @@ def profile_ort(path: Path, pixel_values: np.ndarray, threads: int, repeats: int
     runs = sorted(event["ts"] for event in events if event.get("cat") == "Session" and event.get("name") == "model_run")
     if len(runs) != 2 + repeats:
         raise RuntimeError(f"ONNX Runtime's profile holds {len(runs)} runs, expected {2 + repeats}")
-    first_timed = runs[2]
-    per_category = collections.Counter()
-    operators = collections.Counter()
-    for event in events:
-        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] < first_timed:
-            continue
-        op_type = event.get("args", {}).get("op_name", "?")
-        per_category[ort_category(op_type)] += event["dur"] / 1e3 / repeats
-        operators[op_type] += event["dur"] / 1e3 / repeats
-    return {"categories": dict(per_category), "top": operators.most_common(8), "measured_ms": plain_ms}
+    kernels = [
+        (event.get("args", {}).get("op_name", "?"), event["dur"] / 1e3)
+        for event in events
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time") and event["ts"] >= runs[2]
+    ]
+    return _summary(kernels, ort_category, repeats, measured_ms)
 
 
 def profile_openvino(path: Path, pixel_values: np.ndarray, threads: int, repeats: int) -> dict:
@@ -213,29 +217,21 @@ def profile_openvino(path: Path, pixel_values: np.ndarray, threads: int, repeats
     counters (`PERF_COUNT`; the node types of the compiled graph, after OpenVINO's own fusions)."""
     import openvino
 
-    settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    from bench_deploy import openvino_settings
+
     core = openvino.Core()
-    clock = _clock(threads)
-    plain = core.compile_model(str(path), "CPU", settings).create_infer_request()
-    for _ in range(2):
-        plain.infer(pixel_values)
-    start = clock()
-    for _ in range(repeats):
-        plain.infer(pixel_values)
-    plain_ms = 1e3 * (clock() - start) / repeats
+    plain = core.compile_model(str(path), "CPU", openvino_settings(threads)).create_infer_request()
+    measured_ms = _ms_per_run(lambda: plain.infer(pixel_values), threads, repeats)
     del plain
-    request = core.compile_model(str(path), "CPU", {**settings, "PERF_COUNT": True}).create_infer_request()
+    settings = {**openvino_settings(threads), "PERF_COUNT": True}
+    request = core.compile_model(str(path), "CPU", settings).create_infer_request()
     for _ in range(2):
         request.infer(pixel_values)
-    per_category = collections.Counter()
-    operators = collections.Counter()
+    nodes = []
     for _ in range(repeats):  # (the counters describe the last inference)
         request.infer(pixel_values)
-        for info in request.get_profiling_info():
-            ms = info.real_time.total_seconds() * 1e3 / repeats
-            per_category[openvino_category(info.node_type)] += ms
-            operators[info.node_type] += ms
-    return {"categories": dict(per_category), "top": operators.most_common(8), "measured_ms": plain_ms}
+        nodes += [(info.node_type, info.real_time.total_seconds() * 1e3) for info in request.get_profiling_info()]
+    return _summary(nodes, openvino_category, repeats, measured_ms)
 
 
 def run_case(case: str, size: int, threads: int, repeats: int) -> dict:
@@ -279,6 +275,11 @@ def run_case(case: str, size: int, threads: int, repeats: int) -> dict:
     return {"case": case, "threads": threads, "size": size, "sides": sides}
 
 
+def _table_row(label: str, values, style: str = "") -> str:
+    """A Markdown table row: `label`, then each value in whole milliseconds wrapped in `style` ("*", "**")."""
+    return f"| {label} | " + " | ".join(f"{style}{value:.0f}{style}" for value in values) + " |"
+
+
 def markdown(results: list[dict], command: str) -> str:
     lines = [
         "# Where the time goes: our fastest path, ONNX Runtime and OpenVINO, per category of operator",
@@ -287,29 +288,28 @@ def markdown(results: list[dict], command: str) -> str:
         f"{os.cpu_count()} CPUs). Milliseconds per run (ours: process CPU time per ATen operator; ONNX Runtime: its "
         "profiler's per-node kernel time; OpenVINO: its per-node performance counters); *measured* is the same side "
         "timed without a profiler (process CPU time at 1 thread, wall time at more). See the script's docstring for "
-        "the categories (ONNX Runtime's attention is MatMul and Softmax; OpenVINO's fused \"Subgraph\" kernels, which hold "
-        "the ViTs' attention, count as element-wise).",
+        "the categories (ONNX Runtime's attention is MatMul and Softmax; OpenVINO's fused \"Subgraph\" kernels, which "
+        "hold the ViTs' attention, count as element-wise).",
     ]
     for result in results:
-        sides = result["sides"]
-        names = list(sides)
+        sides = list(result["sides"].values())
+        names = list(result["sides"])
         lines += ["", f"## {result['case']} ({result['threads']} thread(s), {result['size']}x{result['size']})", "",
                   "| category | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]  # fmt: skip
         for category in CATEGORIES:
-            values = [sides[name]["categories"].get(category, 0.0) for name in names]
-            if max(values) < 0.5:
-                continue
-            lines.append(f"| {category} | " + " | ".join(f"{value:.0f}" for value in values) + " |")
-        products = [sides[n]["categories"].get("matrix products", 0.0) + sides[n]["categories"].get("attention", 0.0)
-                    for n in names]  # (ONNX Runtime runs these graphs' attention as MatMul and Softmax)
-        lines.append("| *products incl. attention* | " + " | ".join(f"*{value:.0f}*" for value in products) + " |")
-        totals = [sum(sides[name]["categories"].values()) for name in names]
-        lines.append("| **sum of operators** | " + " | ".join(f"**{value:.0f}**" for value in totals) + " |")
-        lines.append("| measured (no profiler) | " + " | ".join(f"{sides[n]['measured_ms']:.0f}" for n in names) + " |")
-        lines += [""] + [
-            f"- top operators, {name}: " + ", ".join(f"{op.removeprefix('aten.')} {ms:.0f}" for op, ms in sides[name]["top"])
-            for name in names
-        ]  # fmt: skip
+            values = [side["categories"].get(category, 0.0) for side in sides]
+            if max(values) >= 0.5:
+                lines.append(_table_row(category, values))
+        # (ONNX Runtime runs these graphs' attention as MatMul and Softmax)
+        products = [side["categories"].get("matrix products", 0.0) + side["categories"].get("attention", 0.0)
+                    for side in sides]  # fmt: skip
+        lines.append(_table_row("*products incl. attention*", products, "*"))
+        lines.append(_table_row("**sum of operators**", [sum(side["categories"].values()) for side in sides], "**"))
+        lines.append(_table_row("measured (no profiler)", [side["measured_ms"] for side in sides]))
+        lines.append("")
+        for name, side in zip(names, sides):
+            top = ", ".join(f"{op.removeprefix('aten.')} {ms:.0f}" for op, ms in side["top"])
+            lines.append(f"- top operators, {name}: {top}")
     return "\n".join(lines) + "\n"
 
 
