@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import WIDE_RESNET
 
 from hf_segmodels import export, kernels, testing_utils
 from hf_segmodels.export import (
@@ -117,7 +118,7 @@ def test_wide_maskformer_exports_winograd_in_standard_operators_and_reproduces_p
     standard operators, with the folded BatchNorms, and both runtimes reproduce PyTorch at two sizes and batches."""
     onnx = pytest.importorskip("onnx", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
     pytest.importorskip("openvino", reason="needs the deploy extra (pip install hf-segmodels[deploy])")
-    backbone = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
+    backbone = tiny_maskformer_backbone(**WIDE_RESNET)
     model = testing_utils.tiny_model("maskformer", backbone_config=backbone, fpn_feature_size=128,
                                      mask_feature_size=128)  # fmt: skip
     config = export_model(model, tmp_path, ("onnx", "openvino"), height=64, width=64)

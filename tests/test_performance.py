@@ -15,7 +15,7 @@ import contextlib
 
 import pytest
 import torch
-from tiny import NUM_LABELS, naive_sliding_window, randomize_batch_norms, tiny_maskformer_backbone
+from tiny import NUM_LABELS, WIDE_RESNET, naive_sliding_window, randomize_batch_norms, tiny_maskformer_backbone
 from tiny import tiny_model as shared_tiny_model
 from tiny import tiny_transformers_model
 from transformers.models.resnet.modeling_resnet import ResNetBackbone
@@ -201,7 +201,7 @@ def wide_resnet_backbone() -> ResNetBackbone:
     """A seeded eval-mode ResNet with random BatchNorm statistics whose second stage (128 channels, 32x32 at 256x256
     inputs) is wide enough for Winograd."""
     torch.manual_seed(0)
-    config = tiny_maskformer_backbone(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
+    config = tiny_maskformer_backbone(**WIDE_RESNET)
     backbone = ResNetBackbone(config)
     randomize_batch_norms(backbone)
     return backbone.eval()
@@ -215,7 +215,9 @@ def test_folded_resnet_runs_wide_convolutions_through_winograd(monkeypatch):
     backbone = wide_resnet_backbone()
     calls = []
     original = backbones.winograd_conv3x3
-    monkeypatch.setattr(backbones, "winograd_conv3x3", lambda x, *args, **kwargs: calls.append(x.shape) or original(x, *args, **kwargs))
+    monkeypatch.setattr(
+        backbones, "winograd_conv3x3", lambda x, *args, **kwargs: calls.append(x.shape) or original(x, *args, **kwargs)
+    )
     pixel_values = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         expected = backbone(pixel_values).feature_maps

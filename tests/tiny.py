@@ -26,6 +26,9 @@ from hf_segmodels.testing_utils import (  # noqa: F401  (re-exported)
 )
 
 NUM_LABELS = 5  # classes of the tiny MaskFormers compared with transformers' MaskFormer
+# A tiny ResNet backbone (`tiny_maskformer_backbone(**WIDE_RESNET)`) whose second stage, 128 channels, is wide enough
+# for Winograd (eager and in exported graphs)
+WIDE_RESNET = dict(layer_type="basic", hidden_sizes=[16, 128, 32, 32], depths=[1, 2, 1, 1])
 
 
 def tiny_image_processor(architecture: str, **kwargs):
