@@ -62,13 +62,18 @@ def usable(x: torch.Tensor, layer: nn.Module) -> bool:
 _FASTER: dict[tuple, bool] = {}
 
 
-def _timed(function, repeats: int = 2) -> float:
-    function()  # warm-up (first-touch of the output, oneDNN's primitive cache)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _best_times(functions, rounds: int = 3) -> list[float]:
+    """The best of `rounds` wall-clock times of each function, timed in turn (A, B, A, B, ...) after one warm-up call
+    each (first-touch of the output, oneDNN's primitive cache), so that a burst of load from elsewhere on the machine
+    slows both alike instead of deciding the comparison."""
+    for function in functions:
         function()
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(functions)
+    for _ in range(rounds):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            best[index] = min(best[index], time.perf_counter() - start)
     return best
 
 
@@ -122,8 +127,10 @@ def onednn_is_faster(layer: "Linear | Conv2d", x: torch.Tensor) -> bool:
     if macs < MIN_MEASURED_MACS:
         return False
     if key not in _FASTER:
-        onednn_seconds = _timed(lambda: layer._onednn_forward(x))
-        _FASTER[key] = onednn_seconds < CLEAR_MARGIN * _timed(lambda: layer._pytorch_forward(x))
+        onednn_seconds, pytorch_seconds = _best_times(
+            (lambda: layer._onednn_forward(x), lambda: layer._pytorch_forward(x))
+        )
+        _FASTER[key] = onednn_seconds < CLEAR_MARGIN * pytorch_seconds
     return _FASTER[key]
 
 

@@ -215,3 +215,23 @@ def test_depthwise_convolution_with_fused_gelu_equals_pytorch():
         torch.testing.assert_close(relu(x), F.relu(plain(x)), rtol=0, atol=0)
         with kernels.disabled("onednn"):
             assert not ran_fused(lambda: layer(x))
+
+
+def test_kernel_times_are_interleaved_and_the_best_of_each_is_kept(monkeypatch):
+    """The two kernels are timed in turn (a burst of load elsewhere slows both alike) and each keeps its best time."""
+    calls, durations = [], iter([5.0, 2.0, 1.0, 2.0, 3.0, 2.5])  # timed calls: A, B, A, B, A, B
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def timed(name):
+        def function():
+            calls.append(name)
+            if len(calls) > 2:  # (the warm-up calls are not timed)
+                now[0] += next(durations)
+        return function
+
+    monkeypatch.setattr(onednn.time, "perf_counter", clock)
+    assert onednn._best_times((timed("A"), timed("B"))) == [1.0, 2.0]
+    assert calls == ["A", "B"] * 4

@@ -61,6 +61,49 @@ def test_merged_decoder_equals_concatenation(decoder_type):
     assert (reference - model.decode_head.classifier.bias[:, None, None]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("decoder_type", ["original", "mmseg"])
+@pytest.mark.parametrize("height, width", [(64, 64), (64, 52), (96, 40)])
+def test_banded_decoder_equals_the_whole_map_decoder(decoder_type, height, width, monkeypatch):
+    """Inference without autograd runs the decoder's sum, ReLU and classifier one band of rows at a time when every
+    later stage is upsampled by an integer factor in height; several bands here (a few rows each), bands whose
+    upsampled rows need the neighbouring rows, widths that are not multiples of the later stages' widths."""
+    from hf_segmodels.segformer import modeling_segformer
+
+    model = tiny_model(decoder_type=decoder_type)
+    model.decode_head.BAND_TOKENS = 3 * (width // 4)  # 3 rows of the 1/4-resolution map per band
+    pixel_values = torch.randn(2, 3, height, width)
+    with torch.no_grad():
+        features = model.segformer(pixel_values).feature_maps
+        heights = [feature_map.shape[-2] for feature_map in features]
+        assert all(heights[0] % h == 0 for h in heights) and heights[0] > 3 * 2
+        calls = []
+        banded = model.decode_head._banded_sum_and_classify
+        monkeypatch.setattr(model.decode_head, "_banded_sum_and_classify", lambda *a: calls.append(1) or banded(*a))
+        result = model.decode_head(features)
+        assert calls == [1]
+        reference = model.decode_head.forward_concat(features)
+        monkeypatch.setattr(modeling_segformer, "_bands_exact", lambda *args: False)
+        whole_map = model.decode_head(features)
+    assert calls == [1] and result.shape == (2, 5, height // 4, width // 4) and result.is_contiguous()
+    torch.testing.assert_close(result, whole_map, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result, reference, atol=1e-5, rtol=0)
+
+
+def test_banded_decoder_only_for_integer_height_factors_and_without_autograd(monkeypatch):
+    model = tiny_model()
+    calls = []
+    banded = model.decode_head._banded_sum_and_classify
+    monkeypatch.setattr(model.decode_head, "_banded_sum_and_classify", lambda *a: calls.append(1) or banded(*a))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 52, 64))  # heights 13, 7, 4, 2
+    assert calls == []
+    model(torch.randn(1, 3, 64, 64))  # gradients on: the whole-map decoder
+    assert calls == []
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 64, 64))
+    assert calls == [1]
+
+
 def test_merged_weights_follow_parameter_changes():
     model = tiny_model()
     pixel_values = torch.randn(1, 3, 32, 32)

@@ -417,28 +417,30 @@ class SegformerDecodeHead(nn.Module):
             raise RuntimeError("The merged SegFormer decoder folds BatchNorm statistics; it only runs in eval mode.")
         stage_weights, bias = self.merged_parameters()
         size = feature_maps[0].shape[-2:]
+        # The common bias rides on the last stage's matmul, the smallest (1/32 resolution): bilinear upsampling
+        # carries a constant through unchanged (its weights sum to one), and the first stage's large product then
+        # needs no bias (PyTorch's addmm writes a broadcast bias over its output before the product).
+        last = len(stage_weights) - 1
+        projected = [
+            tokens_to_map(_project(map_to_tokens(feature_map), weights, bias if stage == last else None),
+                          feature_map.shape[-2:])
+            for stage, (feature_map, weights) in enumerate(zip(feature_maps, stage_weights))
+            if stage > 0
+        ]  # fmt: skip
+        if not torch.is_grad_enabled() and not capturing() and _bands_exact(projected, size):
+            return self._banded_sum_and_classify(feature_maps[0], stage_weights[0], projected)
+        fused = tokens_to_map(_project(map_to_tokens(feature_maps[0]), stage_weights[0], None), size)
         # Without autograd, every upsampled map is written into one reused buffer: fresh multi-megabyte allocations
         # cost page faults that take as long as the upsampling itself (a compiler plans its own buffers).
         reuse_buffer = not torch.is_grad_enabled() and not capturing()
-        fused = buffer = None
-        last = len(stage_weights) - 1
-        for stage, (feature_map, (weight, stage_bias, block)) in enumerate(zip(feature_maps, stage_weights)):
-            tokens = map_to_tokens(feature_map)
-            # The common bias rides on the last stage's matmul, the smallest (1/32 resolution): bilinear upsampling
-            # carries a constant through unchanged (its weights sum to one), and the first stage's large product
-            # then needs no bias (PyTorch's addmm writes a broadcast bias over its output before the product).
-            common_bias = bias if stage == last else None
-            if block is None:
-                tokens = F.linear(tokens, weight, common_bias)
-            else:
-                tokens = F.linear(F.relu(F.linear(tokens, weight, stage_bias)), block, common_bias)
-            stage_map = tokens_to_map(tokens, feature_map.shape[-2:])
-            if reuse_buffer and fused is not None and stage_map.shape[-2:] != size:
+        buffer = None
+        for stage, stage_map in enumerate(projected, start=1):
+            if reuse_buffer and stage_map.shape[-2:] != size:
                 buffer = torch.empty_like(fused) if buffer is None else buffer
                 stage_map = torch.ops.aten.upsample_bilinear2d.out(stage_map, list(size), False, None, None, out=buffer)
             elif _needs_resize(stage, stage_map, size):
                 stage_map = F.interpolate(stage_map, size=size, mode="bilinear", align_corners=False)
-            fused = stage_map if fused is None else fused.add_(stage_map)
+            fused = fused.add_(stage_map)
         # `fused` is the first stage's fresh (B, h * w, width) matmul output seen as a map, so this is a view.
         hidden_states = F.relu_(map_to_tokens(fused))
         # Logits straight into the (B, num_labels, h * w) layout: one batched matmul, no transposing copy.
@@ -449,6 +451,57 @@ class SegformerDecodeHead(nn.Module):
             hidden_states.transpose(1, 2),
         )
         return logits.view(-1, classifier.shape[0], *size)
+
+    # Rows of the 1/4-resolution map per band: 16 x 128 tokens x 768 channels (6 MB for B1-B5 at 512x512) stay in a
+    # large last-level cache between the additions, the ReLU and the classifier.
+    BAND_TOKENS = 2048
+
+    def _banded_sum_and_classify(
+        self, first_map: torch.Tensor, first_weights: StageWeights, projected: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Inference without autograd: the sum of the first stage's projection and the upsampled later stages, the
+        ReLU and the classifier, one band of rows of the 1/4-resolution map at a time. (B, C_1, h, w) first map and
+        (B, width, h_i, w_i) projected later stages -> logits (B, num_labels, h, w).
+
+        Instead of multi-megabyte maps written to memory and read back by every addition, each band's sum stays in
+        cache until the classifier has read it: the same operations in the same order, on fewer rows at a time. A
+        band of an upsampled map is the upsampling of the rows it needs (one more on each side, for the
+        interpolation): with an integer factor between the two heights the sampling positions are those of
+        upsampling the whole map (`_bands_exact`), so the numbers are the same."""
+        batch, _, height, width = first_map.shape
+        first_tokens = map_to_tokens(first_map)
+        classifier, classifier_bias = self.classifier.weight.flatten(1), self.classifier.bias
+        logits = first_tokens.new_empty(batch, classifier.shape[0], height * width)
+        band_rows = max(1, self.BAND_TOKENS // width)
+        for top in range(0, height, band_rows):
+            bottom = min(top + band_rows, height)
+            tokens = _project(first_tokens[:, top * width : bottom * width], first_weights, None)
+            band = tokens_to_map(tokens, (bottom - top, width))
+            for stage_map in projected:
+                factor = height // stage_map.shape[-2]
+                first_row, end_row = max(top // factor - 1, 0), min(-(-bottom // factor) + 1, stage_map.shape[-2])
+                upsampled = F.interpolate(stage_map[:, :, first_row:end_row], size=((end_row - first_row) * factor,
+                                          width), mode="bilinear", align_corners=False)  # fmt: skip
+                band.add_(upsampled[:, :, top - first_row * factor : bottom - first_row * factor])
+            tokens.relu_()
+            for index in range(batch):  # (written into the logits' columns of the band directly)
+                torch.addmm(classifier_bias[:, None], classifier, tokens[index].t(),
+                            out=logits[index, :, top * width : bottom * width])  # fmt: skip
+        return logits.view(batch, classifier.shape[0], height, width)
+
+
+def _project(tokens: torch.Tensor, weights: StageWeights, common_bias: torch.Tensor | None) -> torch.Tensor:
+    """One stage of the merged decoder on (B, n, C_i) tokens -> (B, n, width)."""
+    weight, stage_bias, block = weights
+    if block is None:
+        return F.linear(tokens, weight, common_bias)
+    return F.linear(F.relu(F.linear(tokens, weight, stage_bias)), block, common_bias)
+
+
+def _bands_exact(projected: list[torch.Tensor], size: torch.Size) -> bool:
+    """Whether every later stage's map is upsampled by an integer factor in height (its width may be anything): then
+    a band of rows of the upsampled map equals the upsampling of the band's own rows (`_banded_sum_and_classify`)."""
+    return all(size[0] % stage_map.shape[-2] == 0 for stage_map in projected)
 
 
 class SegformerForSemanticSegmentation(SegmentationModelMixin, SegformerPreTrainedModel):
