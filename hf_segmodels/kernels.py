@@ -6,6 +6,7 @@
 | `winograd` | wide 3x3 convolutions as Winograd F(4x4, 3x3), in exported graphs too | `winograd.py`: MaskFormer's pixel decoder and ResNet's stages 2-4, SETR's PUP / MLA heads |
 | `folded_batch_norm` | BatchNorm folded into the preceding convolution of eval-mode ResNets | MaskFormer's ResNet backbones |
 | `merged_decoder` | SegFormer's decoder with its fuse conv folded into per-stage matrices | SegFormer's decode head |
+| `patch_gemm` | convolutions over non-overlapping patches (kernel = stride) as one matrix product | `patch_gemm.py`: MiT's spatial reduction |
 
 Each gives the same numbers as PyTorch's own kernels up to float rounding, and each is used only where it can be
 (CPU inference, see the modules). The kernels step aside by themselves while a graph is captured: under
@@ -30,7 +31,7 @@ import os
 
 import torch
 
-KERNELS = ("onednn", "winograd", "folded_batch_norm", "merged_decoder")
+KERNELS = ("onednn", "winograd", "folded_batch_norm", "merged_decoder", "patch_gemm")
 # Algebraic rewrites in standard operators, kept while a graph is captured.
 GRAPH_REWRITES = ("merged_decoder",)
 # Kept in exported graphs (ONNX, OpenVINO, torch.export), written in standard operators there, but not under

@@ -267,7 +267,7 @@ def test_kernel_environment_variable(monkeypatch):
     assert not any(kernels._from_environment().values())
     monkeypatch.setenv(kernels.ENVIRONMENT_VARIABLE, "onednn,winograd")
     assert kernels._from_environment() == {"onednn": True, "winograd": True, "folded_batch_norm": False,
-                                           "merged_decoder": False}
+                                           "merged_decoder": False, "patch_gemm": False}
     monkeypatch.setenv(kernels.ENVIRONMENT_VARIABLE, "onednn,fast")
     with pytest.raises(ValueError, match=r"unknown kernels \['fast'\]"):
         kernels._from_environment()

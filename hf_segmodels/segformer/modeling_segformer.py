@@ -30,6 +30,7 @@ from ..layers import DropPath, attend
 from ..losses import semantic_cross_entropy
 from ..modeling_utils import SegmentationModelMixin, SegmentationPreTrainedModel, check_pixel_values
 from ..onednn import Conv2d, Linear
+from ..patch_gemm import PatchConv2d
 from .configuration_segformer import SegformerConfig
 
 
@@ -88,7 +89,7 @@ class EfficientSelfAttention(nn.Module):
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.sr_ratio = config.sr_ratios[stage]
         if self.sr_ratio > 1:
-            self.sr = nn.Conv2d(hidden_size, hidden_size, kernel_size=self.sr_ratio, stride=self.sr_ratio)
+            self.sr = PatchConv2d(hidden_size, hidden_size, kernel_size=self.sr_ratio, stride=self.sr_ratio)
             self.norm = nn.LayerNorm(hidden_size, eps=config.embedding_layer_norm_eps)
 
     def forward(
