@@ -89,7 +89,7 @@ def test_banded_decoder_equals_the_whole_map_decoder(decoder_type, height, width
     torch.testing.assert_close(result, reference, atol=1e-5, rtol=0)
 
 
-def test_banded_decoder_only_for_integer_height_factors_and_without_autograd(monkeypatch):
+def test_banded_decoder_only_for_integer_height_factors_without_autograd_or_autocast(monkeypatch):
     model = tiny_model()
     calls = []
     banded = model.decode_head._banded_sum_and_classify
@@ -98,6 +98,8 @@ def test_banded_decoder_only_for_integer_height_factors_and_without_autograd(mon
         model(torch.randn(1, 3, 52, 64))  # heights 13, 7, 4, 2
     assert calls == []
     model(torch.randn(1, 3, 64, 64))  # gradients on: the whole-map decoder
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(1, 3, 64, 64)).logits.dtype == torch.bfloat16  # autocast: the whole-map decoder
     assert calls == []
     with torch.inference_mode():
         model(torch.randn(1, 3, 64, 64))

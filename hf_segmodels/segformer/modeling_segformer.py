@@ -428,7 +428,10 @@ class SegformerDecodeHead(nn.Module):
             for stage, (feature_map, weights) in enumerate(zip(feature_maps, stage_weights))
             if stage > 0
         ]  # fmt: skip
-        if not torch.is_grad_enabled() and not capturing() and _bands_exact(projected, size):
+        # (not under autocast: the classifier writes into float32 logits band by band, autocast would compute it in
+        # lower precision)
+        banded = not torch.is_grad_enabled() and not capturing() and not torch.is_autocast_enabled(bias.device.type)
+        if banded and _bands_exact(projected, size):
             return self._banded_sum_and_classify(feature_maps[0], stage_weights[0], projected)
         fused = tokens_to_map(_project(map_to_tokens(feature_maps[0]), stage_weights[0], None), size)
         # Without autograd, every upsampled map is written into one reused buffer: fresh multi-megabyte allocations
