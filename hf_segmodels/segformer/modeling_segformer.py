@@ -10,7 +10,10 @@ ReLU. A 1x1 conv and bilinear upsampling commute (both are linear, the upsamplin
 sum to one so constants pass through), so in eval mode `SegformerDecodeHead` folds the fuse conv (and the eval-mode
 BatchNorms) into per-stage matrices applied at each stage's own resolution and sums the upsampled results: the
 4 x wide concatenation is never built. The merged matrices are computed from the stored parameters when needed and
-cached while the parameters are unchanged; `save_pretrained` writes the original, unmerged parameters.
+cached while the parameters are unchanged; `save_pretrained` writes the original, unmerged parameters. Without
+autograd, the sum, ReLU and classifier run one band of rows at a time, so that each band stays in cache
+(`SegformerDecodeHead._banded_sum_and_classify`; same numbers). The spatial-reduction convolutions (kernel = stride)
+run as one matrix product over the patches in inference (`hf_segmodels.patch_gemm`).
 """
 
 from dataclasses import dataclass
