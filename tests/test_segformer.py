@@ -62,48 +62,59 @@ def test_merged_decoder_equals_concatenation(decoder_type):
 
 
 @pytest.mark.parametrize("decoder_type", ["original", "mmseg"])
-@pytest.mark.parametrize("height, width", [(64, 64), (64, 52), (96, 40)])
-def test_banded_decoder_equals_the_whole_map_decoder(decoder_type, height, width, monkeypatch):
-    """Inference without autograd runs the decoder's sum, ReLU and classifier one band of rows at a time when every
-    later stage is upsampled by an integer factor in height; several bands here (a few rows each), bands whose
-    upsampled rows need the neighbouring rows, widths that are not multiples of the later stages' widths."""
-    from hf_segmodels.segformer import modeling_segformer
-
+@pytest.mark.parametrize("height, width", [(64, 64), (64, 52), (52, 37), (96, 40)])
+def test_banded_decoder_equals_the_whole_map_decoder(decoder_type, height, width):
+    """Inference without autograd runs the decoder's sum, ReLU and classifier one band of rows at a time, upsampling
+    in width then in height (a small product with PyTorch's weights); several bands here (3 rows each), bands whose
+    rows need the neighbouring input rows, sizes that are not multiples of the later stages' sizes."""
     model = tiny_model(decoder_type=decoder_type)
-    model.decode_head.BAND_TOKENS = 3 * (width // 4)  # 3 rows of the 1/4-resolution map per band
+    head = model.decode_head
+    head.BAND_BYTES = 3 * -(-width // 4) * model.config.decoder_hidden_size * 4  # 3 rows of the 1/4-resolution map
+    calls = []
+    banded = head._banded_sum_and_classify
+    head._banded_sum_and_classify = lambda *args: calls.append(1) or banded(*args)
     pixel_values = torch.randn(2, 3, height, width)
     with torch.no_grad():
         features = model.segformer(pixel_values).feature_maps
-        heights = [feature_map.shape[-2] for feature_map in features]
-        assert all(heights[0] % h == 0 for h in heights) and heights[0] > 3 * 2
-        calls = []
-        banded = model.decode_head._banded_sum_and_classify
-        monkeypatch.setattr(model.decode_head, "_banded_sum_and_classify", lambda *a: calls.append(1) or banded(*a))
-        result = model.decode_head(features)
-        assert calls == [1]
-        reference = model.decode_head.forward_concat(features)
-        monkeypatch.setattr(modeling_segformer, "_bands_exact", lambda *args: False)
-        whole_map = model.decode_head(features)
-    assert calls == [1] and result.shape == (2, 5, height // 4, width // 4) and result.is_contiguous()
-    torch.testing.assert_close(result, whole_map, atol=1e-6, rtol=0)
+        assert features[0].shape[-2] >= 3 * 3
+        result = head(features)
+        reference = head.forward_concat(features)
+    assert calls == [1]
+    with torch.enable_grad():  # the whole-map path
+        whole_map = head(features)
+    assert calls == [1] and result.shape == whole_map.shape == (2, 5, -(-height // 4), -(-width // 4))
+    assert result.is_contiguous()
+    torch.testing.assert_close(result, whole_map, atol=2e-6, rtol=1e-6)
     torch.testing.assert_close(result, reference, atol=1e-5, rtol=0)
 
 
-def test_banded_decoder_only_for_integer_height_factors_without_autograd_or_autocast(monkeypatch):
+def test_banded_decoder_only_without_autograd_or_autocast():
     model = tiny_model()
     calls = []
     banded = model.decode_head._banded_sum_and_classify
-    monkeypatch.setattr(model.decode_head, "_banded_sum_and_classify", lambda *a: calls.append(1) or banded(*a))
-    with torch.no_grad():
-        model(torch.randn(1, 3, 52, 64))  # heights 13, 7, 4, 2
-    assert calls == []
+    model.decode_head._banded_sum_and_classify = lambda *args: calls.append(1) or banded(*args)
     model(torch.randn(1, 3, 64, 64))  # gradients on: the whole-map decoder
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(torch.randn(1, 3, 64, 64)).logits.dtype == torch.bfloat16  # autocast: the whole-map decoder
     assert calls == []
     with torch.inference_mode():
-        model(torch.randn(1, 3, 64, 64))
+        model(torch.randn(1, 3, 52, 37))
     assert calls == [1]
+
+
+def test_height_weights_are_pytorch_upsampling_weights():
+    """`_height_weights` reproduces `F.interpolate`'s bilinear weights in height for any band of output rows."""
+    from hf_segmodels.segformer.modeling_segformer import _height_weights
+
+    for size, height in [(7, 13), (4, 16), (16, 128), (5, 5), (3, 17)]:
+        # (row i of the upsampled identity: the weights of output row i on every input row, float32 as PyTorch's)
+        identity = torch.eye(size)[None, :, :, None]  # channel j = input row indicator j
+        expected = F.interpolate(identity, size=(height, 1), mode="bilinear", align_corners=False)[0, :, :, 0].t()
+        for top, bottom in [(0, height), (0, 3), (height // 2, height), (2, min(height, 9))]:
+            first_row, end_row, weights = _height_weights(top, bottom, size, height)
+            assert 0 <= first_row < end_row <= size and weights.shape == (bottom - top, end_row - first_row)
+            torch.testing.assert_close(weights, expected[top:bottom, first_row:end_row], atol=3e-7, rtol=0)  # (1-2 ulp)
+            assert expected[top:bottom, :first_row].abs().sum() == expected[top:bottom, end_row:].abs().sum() == 0
 
 
 def test_merged_weights_follow_parameter_changes():

@@ -16,6 +16,7 @@ autograd, the sum, ReLU and classifier run one band of rows at a time, so that e
 run as one matrix product over the patches in inference (`hf_segmodels.patch_gemm`).
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -434,7 +435,7 @@ class SegformerDecodeHead(nn.Module):
         # (not under autocast: the classifier writes into float32 logits band by band, autocast would compute it in
         # lower precision)
         banded = not torch.is_grad_enabled() and not capturing() and not torch.is_autocast_enabled(bias.device.type)
-        if banded and _bands_exact(projected, size):
+        if banded:
             return self._banded_sum_and_classify(feature_maps[0], stage_weights[0], projected)
         fused = tokens_to_map(_project(map_to_tokens(feature_maps[0]), stage_weights[0], None), size)
         # Without autograd, every upsampled map is written into one reused buffer: fresh multi-megabyte allocations
@@ -459,9 +460,11 @@ class SegformerDecodeHead(nn.Module):
         )
         return logits.view(-1, classifier.shape[0], *size)
 
-    # Rows of the 1/4-resolution map per band: 16 x 128 tokens x 768 channels (6 MB for B1-B5 at 512x512) stay in a
-    # large last-level cache between the additions, the ReLU and the classifier.
-    BAND_TOKENS = 2048
+    # Rows of the 1/4-resolution sum per band: 8, or fewer where 8 rows would exceed BAND_BYTES (3 MB: 8 rows of 128
+    # tokens x 768 channels, B1-B5 at 512x512), so that the band stays in a core's share of the last-level cache
+    # between the additions, the ReLU and the classifier (measured best at 512x512 for B0 and B2 alike).
+    BAND_ROWS = 8
+    BAND_BYTES = 3 << 20
 
     def _banded_sum_and_classify(
         self, first_map: torch.Tensor, first_weights: StageWeights, projected: list[torch.Tensor]
@@ -471,30 +474,55 @@ class SegformerDecodeHead(nn.Module):
         (B, width, h_i, w_i) projected later stages -> logits (B, num_labels, h, w).
 
         Instead of multi-megabyte maps written to memory and read back by every addition, each band's sum stays in
-        cache until the classifier has read it: the same operations in the same order, on fewer rows at a time. A
-        band of an upsampled map is the upsampling of the rows it needs (one more on each side, for the
-        interpolation): with an integer factor between the two heights the sampling positions are those of
-        upsampling the whole map (`_bands_exact`), so the numbers are the same."""
+        cache until the classifier has read it. The bilinear upsampling is separable: each later stage's rows that
+        the band needs are resized in width only (`F.interpolate`, PyTorch's weights), and the interpolation in
+        height, two rows per output row with PyTorch's sampling positions and weights (`_height_weights`), is one
+        small matrix product that adds into the band (so there is no upsampled copy to add). Any sizes: the
+        positions are those of upsampling the whole map, and the numbers the whole-map path's up to float rounding
+        (~1e-7 relative)."""
         batch, _, height, width = first_map.shape
         first_tokens = map_to_tokens(first_map)
         classifier, classifier_bias = self.classifier.weight.flatten(1), self.classifier.bias
         logits = first_tokens.new_empty(batch, classifier.shape[0], height * width)
-        band_rows = max(1, self.BAND_TOKENS // width)
+        channels = classifier.shape[1]
+        band_rows = max(1, min(self.BAND_ROWS, self.BAND_BYTES // (width * channels * first_tokens.element_size())))
         for top in range(0, height, band_rows):
             bottom = min(top + band_rows, height)
             tokens = _project(first_tokens[:, top * width : bottom * width], first_weights, None)
-            band = tokens_to_map(tokens, (bottom - top, width))
+            rows = tokens.view(batch, bottom - top, width * channels)
             for stage_map in projected:
-                factor = height // stage_map.shape[-2]
-                first_row, end_row = max(top // factor - 1, 0), min(-(-bottom // factor) + 1, stage_map.shape[-2])
-                upsampled = F.interpolate(stage_map[:, :, first_row:end_row], size=((end_row - first_row) * factor,
-                                          width), mode="bilinear", align_corners=False)  # fmt: skip
-                band.add_(upsampled[:, :, top - first_row * factor : bottom - first_row * factor])
+                size = stage_map.shape[-2]
+                first_row, end_row, weights = _height_weights(top, bottom, size, height)
+                resized = F.interpolate(stage_map[:, :, first_row:end_row], size=(end_row - first_row, width),
+                                        mode="bilinear", align_corners=False)  # fmt: skip
+                resized = map_to_tokens(resized).reshape(batch, end_row - first_row, width * channels)
+                weights = weights.to(device=rows.device, dtype=rows.dtype)
+                rows.baddbmm_(weights.expand(batch, -1, -1), resized)
             tokens.relu_()
             for index in range(batch):  # (written into the logits' columns of the band directly)
                 torch.addmm(classifier_bias[:, None], classifier, tokens[index].t(),
                             out=logits[index, :, top * width : bottom * width])  # fmt: skip
         return logits.view(batch, classifier.shape[0], height, width)
+
+
+@functools.lru_cache(maxsize=4096)
+def _height_weights(top: int, bottom: int, size: int, height: int) -> tuple[int, int, torch.Tensor]:
+    """Bilinear upsampling in height (align_corners=False) of a map with `size` rows to `height` rows, for the output
+    rows [top, bottom): the input rows it reads, [first_row, end_row), and the (bottom - top, end_row - first_row)
+    float32 matrix of its weights, computed as PyTorch's upsampling computes them (source position
+    `scale * (row + 0.5) - 0.5` with `scale = size / height` in float32, clamped at 0; the two neighbouring rows,
+    the last one repeated at the edge)."""
+    scale = torch.tensor(size, dtype=torch.float32) / height
+    position = (scale * (torch.arange(top, bottom, dtype=torch.float32) + 0.5) - 0.5).clamp_(min=0)
+    lower = position.long()  # (floor: positions are not negative)
+    upper = (lower + 1).clamp_(max=size - 1)
+    upper_weight = (position - lower).clamp_(0, 1)
+    first_row, end_row = int(lower[0]), int(upper[-1]) + 1
+    weights = torch.zeros(bottom - top, end_row - first_row)
+    output_rows = torch.arange(bottom - top)
+    weights.index_put_((output_rows, lower - first_row), 1 - upper_weight, accumulate=True)
+    weights.index_put_((output_rows, upper - first_row), upper_weight, accumulate=True)
+    return first_row, end_row, weights
 
 
 def _project(tokens: torch.Tensor, weights: StageWeights, common_bias: torch.Tensor | None) -> torch.Tensor:
@@ -503,12 +531,6 @@ def _project(tokens: torch.Tensor, weights: StageWeights, common_bias: torch.Ten
     if block is None:
         return F.linear(tokens, weight, common_bias)
     return F.linear(F.relu(F.linear(tokens, weight, stage_bias)), block, common_bias)
-
-
-def _bands_exact(projected: list[torch.Tensor], size: torch.Size) -> bool:
-    """Whether every later stage's map is upsampled by an integer factor in height (its width may be anything): then
-    a band of rows of the upsampled map equals the upsampling of the band's own rows (`_banded_sum_and_classify`)."""
-    return all(size[0] % stage_map.shape[-2] == 0 for stage_map in projected)
 
 
 class SegformerForSemanticSegmentation(SegmentationModelMixin, SegformerPreTrainedModel):
