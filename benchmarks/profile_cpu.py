@@ -55,7 +55,8 @@ CATEGORIES = ("matrix products", "attention", "convolution", "normalisation", "r
               "data movement", "other")  # fmt: skip
 
 _PYTORCH = {
-    "matrix products": ("mm", "addmm", "bmm", "baddbmm", "linear", "matmul", "_linear_pointwise", "einsum"),
+    "matrix products": ("mm", "addmm", "addmm_", "bmm", "baddbmm", "baddbmm_", "linear", "matmul", "_linear_pointwise",
+                        "einsum"),
     "attention": ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"),
     "convolution": ("conv2d", "convolution", "_convolution", "mkldnn_convolution", "_convolution_pointwise"),
     "normalisation": ("layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "batch_norm"),

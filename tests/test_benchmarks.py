@@ -41,6 +41,7 @@ def test_profile_categories():
     import profile_cpu
 
     assert profile_cpu.pytorch_category("aten.addmm.default") == "matrix products"
+    assert profile_cpu.pytorch_category("aten.baddbmm_.default") == "matrix products"  # (SegFormer's banded decoder)
     assert profile_cpu.pytorch_category("mkldnn._linear_pointwise.default") == "matrix products"
     assert profile_cpu.pytorch_category("aten.scaled_dot_product_attention.default") == "attention"
     assert profile_cpu.pytorch_category("mkldnn._convolution_pointwise.default") == "convolution"
