@@ -12,8 +12,8 @@ BatchNorms) into per-stage matrices applied at each stage's own resolution and s
 4 x wide concatenation is never built. The merged matrices are computed from the stored parameters when needed and
 cached while the parameters are unchanged; `save_pretrained` writes the original, unmerged parameters. Without
 autograd, the sum, ReLU and classifier run one band of rows at a time, so that each band stays in cache
-(`SegformerDecodeHead._banded_sum_and_classify`; the same numbers up to float rounding). The spatial-reduction convolutions (kernel = stride)
-run as one matrix product over the patches in inference (`hf_segmodels.patch_gemm`).
+(`SegformerDecodeHead._banded_sum_and_classify`; the same numbers up to float rounding). The spatial-reduction
+convolutions (kernel = stride) run as one matrix product over the patches in inference (`hf_segmodels.patch_gemm`).
 """
 
 import functools
