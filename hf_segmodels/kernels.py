@@ -73,6 +73,17 @@ def exporting() -> bool:
     )
 
 
+def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a layer's forward on `x` with `weight` is CPU inference that a fast kernel may take over: `x` on the
+    CPU, in `weight`'s dtype, no autograd through either, no CPU autocast (which would change the dtype)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 def active(name: str) -> bool:
     """Whether the kernel `name` is switched on and, unless it is one of `GRAPH_REWRITES` (or of `EXPORT_REWRITES`
     while exporting), no graph is being captured."""
@@ -97,6 +108,6 @@ def disabled(*names: str):
 
 
 __all__ = [
-    "ENVIRONMENT_VARIABLE", "EXPORT_REWRITES", "GRAPH_REWRITES", "KERNELS", "active", "capturing", "disabled",
-    "enabled", "exporting",
+    "ENVIRONMENT_VARIABLE", "EXPORT_REWRITES", "GRAPH_REWRITES", "KERNELS", "active", "capturing", "cpu_inference",
+    "disabled", "enabled", "exporting",
 ]  # fmt: skip

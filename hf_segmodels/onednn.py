@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 from transformers.activations import ACT2FN
 
-from .kernels import active as kernel_active
+from .kernels import active as kernel_active, cpu_inference
 
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -49,10 +49,8 @@ def usable(x: torch.Tensor, layer: nn.Module) -> bool:
     return (
         _AVAILABLE
         and kernel_active("onednn")
-        and x.device.type == "cpu"
-        and x.dtype == layer.weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
+        and layer.weight.dtype == torch.float32
+        and cpu_inference(x, layer.weight)
     )
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import active as kernel_active
+from .kernels import active as kernel_active, cpu_inference
 from .winograd import cached
 
 
@@ -32,10 +32,7 @@ class PatchConv2d(nn.Conv2d):
             and self.groups == 1
             and self.padding_mode == "zeros"
             and x.dim() == 4
-            and x.device.type == "cpu"
-            and x.dtype == self.weight.dtype
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu")
+            and cpu_inference(x, self.weight)
             and x.is_contiguous(memory_format=torch.channels_last)
             and x.shape[-2] >= self.kernel_size[0]
             and x.shape[-1] >= self.kernel_size[1]
