@@ -2,9 +2,9 @@
 
 SegFormer's spatial reduction (kernel = stride = 8, 4, 2 in stages 1-3) is such a convolution on a channels-last map.
 As a matrix product it is: the tokens of each patch side by side (one copy of the input, cropped to whole patches as
-the convolution floors odd sizes), times the weight as a (C_out, k * k * C_in) matrix. PyTorch's (oneDNN's)
-convolution runs these shapes at 57-72% of the fp32 matmul peak on the CPUs this package is benchmarked on, the
-product at 75-90%. The same numbers up to float rounding (a different summation order). Used only where it can be:
+the convolution floors odd sizes), times the weight as a (C_out, k * k * C_in) matrix, which runs closer to the
+matmul peak than PyTorch's (oneDNN's) convolution for these shapes (`benchmarks/profile_cpu.py`). The same numbers up
+to float rounding (a different summation order). Used only where it can be:
 CPU, no autograd on the input or the weight, no autocast, not while a graph is captured (`kernels.active`); the
 weight as a matrix is remembered while it is unchanged (`winograd.cached`). Switched with the other fast kernels
 (`kernels.enabled["patch_gemm"]`).
